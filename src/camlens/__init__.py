@@ -1,0 +1,50 @@
+"""camlens: where in the image is a CNN looking, and why did it say that?
+
+Class activation maps (CAM, Grad-CAM and its family, Score-CAM, Ablation-CAM, Eigen-CAM) as one
+pipeline with one result object, :class:`Explanation`.
+
+Example:
+    >>> import camlens
+    >>> exp = camlens.explain(model, x, method="gradcam", targets="top5")
+    >>> exp.maps  # (B, 5, H, W) in [0, 1]
+"""
+
+from camlens.api import explain
+from camlens.capture import LayerRef, find_layer, layer_names
+from camlens.explanation import Explanation, normalize_maps
+from camlens.methods import (
+    CAM,
+    AblationCAM,
+    CAMMethod,
+    EigenCAM,
+    GradCAM,
+    GradCAMPlusPlus,
+    HiResCAM,
+    LayerCAM,
+    ScoreCAM,
+    XGradCAM,
+)
+from camlens.registry import get_method, methods
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CAM",
+    "AblationCAM",
+    "CAMMethod",
+    "EigenCAM",
+    "Explanation",
+    "GradCAM",
+    "GradCAMPlusPlus",
+    "HiResCAM",
+    "LayerCAM",
+    "LayerRef",
+    "ScoreCAM",
+    "XGradCAM",
+    "explain",
+    "find_layer",
+    "get_method",
+    "layer_names",
+    "methods",
+    "normalize_maps",
+]

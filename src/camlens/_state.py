@@ -1,0 +1,44 @@
+"""Snapshot and restore of everything camlens could disturb on a user's model.
+
+A method must hand the model back exactly as it received it, including after an exception. The
+pipeline never changes these on purpose; the snapshot is the guarantee that a bug or an exception in
+user code (a callable target, a custom module) cannot leave a trace either.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+__all__: list[str] = []
+
+
+@dataclass
+class _ModelState:
+    training: list[tuple[nn.Module, bool]]
+    params: list[tuple[torch.Tensor, bool, torch.Tensor | None]]
+    inplace: list[tuple[nn.Module, bool]]
+    hooks: list[tuple[nn.Module, int, int, int]]
+
+    @classmethod
+    def capture(cls, model: nn.Module) -> _ModelState:
+        modules = list(model.modules())
+        return cls(
+            training=[(m, m.training) for m in modules],
+            params=[(p, p.requires_grad, p.grad) for p in model.parameters()],
+            inplace=[(m, bool(m.inplace)) for m in modules if isinstance(getattr(m, "inplace", None), bool)],
+            hooks=[(m, len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks)) for m in modules],
+        )
+
+    def restore(self) -> None:
+        for module, training in self.training:
+            module.training = training
+        for param, requires_grad, grad in self.params:
+            if param.requires_grad != requires_grad:
+                param.requires_grad_(requires_grad)
+            if param.grad is not grad:
+                param.grad = grad
+        for module, inplace in self.inplace:
+            module.inplace = inplace  # type: ignore[assignment]

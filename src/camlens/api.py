@@ -1,0 +1,49 @@
+"""The one-call entry point."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+from torch import nn
+
+from camlens.capture import LayerRef
+from camlens.explanation import Explanation
+from camlens.registry import get_method
+from camlens.targets import Targets
+
+__all__ = ["explain"]
+
+
+def explain(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    method: str = "gradcam",
+    layer: str | nn.Module | LayerRef | None = None,
+    targets: Targets = None,
+    **options: Any,
+) -> Explanation:
+    """Explain ``targets`` of ``model`` on ``inputs`` with a registered method.
+
+    Args:
+        model: a CNN (any ``nn.Module`` with a 4-D intermediate output).
+        inputs: (B, C, H, W) preprocessed batch, on the model's device.
+        method: a name from :func:`camlens.methods`.
+        layer: module name, module, or ``None`` for the last spatial layer.
+        targets: ``None`` (top-1), an int, one int per sample, (B, K) ids, ``"topK"`` or a callable.
+        **options: method options (``counterfactual=True``, ``score="logit"``, ``batch_size=...``).
+
+    Example:
+        >>> exp = camlens.explain(model, x, method="gradcam++", targets="top3")
+        >>> exp.maps.shape  # (B, 3, H, W)
+    """
+    cls = get_method(method)
+    accepted = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "model", "layer")]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise TypeError(
+            f"method {cls.name!r} has no option {', '.join(map(repr, unknown))}; "
+            f"its options: {', '.join(accepted) or 'none'}"
+        )
+    return cls(model, layer, **options)(inputs, targets)

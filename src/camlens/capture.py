@@ -1,0 +1,235 @@
+"""Finding the target layer and capturing its activation for exactly one forward pass.
+
+A layer is named the way ``model.named_modules()`` names it (``"layer4"``, ``"features.28"``), given
+as the module itself, or left to :func:`find_layer`, which picks the last spatial (4-D) output of the
+forward pass, the one that feeds global pooling. A module that runs several times in one forward
+(EfficientNet-Lite0 applies one ReLU6, ``_swish``, to the stem and to the head) is addressed as
+``"name@i"``: its i-th call, 0-based, negative from the end. Naming such a module without ``@i`` is an
+error rather than a silent choice of one of its calls.
+
+The capture makes the graph start at the activation: the forward runs without autograd up to the
+target layer; the hook replaces the layer's output by a fresh tensor that requires grad and turns
+autograd on for the rest of the forward. So nothing before the layer keeps an autograd graph, no
+parameter gradient can be computed, and ``torch.autograd.grad`` needs only the tail of the network.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["LayerRef", "find_layer", "layer_names", "resolve_layer"]
+
+_CALL = re.compile(r"^(?P<name>.*)@(?P<call>-?\d+)$")
+
+
+@dataclass(frozen=True)
+class LayerRef:
+    """A module of the model and which of its calls in one forward pass (``None``: its only call)."""
+
+    name: str
+    module: nn.Module = field(compare=False, repr=False)
+    call: int | None = None
+
+    def __str__(self) -> str:
+        return self.name if self.call is None else f"{self.name}@{self.call}"
+
+
+def layer_names(model: nn.Module) -> list[str]:
+    """Names of all submodules, as ``layer=`` accepts them."""
+    return [name for name, _ in model.named_modules() if name]
+
+
+def _not_found(model: nn.Module, name: str) -> ValueError:
+    names = layer_names(model)
+    close = difflib.get_close_matches(name, names, n=5, cutoff=0.5)
+    if not close:
+        # suffix matches help with long dotted names ("conv2" -> "layer4.1.conv2")
+        close = [n for n in names if n.endswith("." + name.split(".")[-1])][-5:]
+    hint = f"closest: {', '.join(close)}" if close else f"the model has {len(names)} modules"
+    return ValueError(f"layer {name!r} not found; {hint}; list them with camlens.layer_names(model)")
+
+
+def resolve_layer(model: nn.Module, layer: str | nn.Module | LayerRef) -> LayerRef:
+    """Turn a layer name (``"layer4"``, ``"_swish@-1"``), a module or a :class:`LayerRef` into a LayerRef.
+
+    Raises:
+        ValueError: the name is not a submodule (with the closest names), or the module is not in the model.
+        TypeError: ``layer`` is of another type.
+    """
+    if isinstance(layer, LayerRef):
+        return layer
+    if isinstance(layer, nn.Module):
+        for name, module in model.named_modules():
+            if module is layer:
+                return LayerRef(name or "<model>", module)
+        raise ValueError(
+            f"layer {type(layer).__name__} is not a submodule of the model; pass a module of this model "
+            "or its name"
+        )
+    if not isinstance(layer, str):
+        raise TypeError(f"layer must be a name, a module or None, got {type(layer).__name__}")
+    call: int | None = None
+    name = layer
+    match = _CALL.match(layer)
+    if match:
+        name, call = match.group("name"), int(match.group("call"))
+    modules = dict(model.named_modules())
+    if not name or name not in modules:
+        raise _not_found(model, name)
+    return LayerRef(name, modules[name], call)
+
+
+@dataclass
+class _Call:
+    name: str
+    call: int
+    shape: tuple[int, ...] | None
+    pooling: bool
+
+
+def _trace_calls(model: nn.Module, x: torch.Tensor) -> list[_Call]:
+    """Every module call of one forward pass, in the order the calls return."""
+    calls: list[_Call] = []
+    counts: dict[int, int] = {}
+    handles = []
+
+    def make_hook(name: str, module: nn.Module) -> Any:
+        def hook(mod: nn.Module, args: Any, out: Any) -> None:
+            index = counts.get(id(mod), 0)
+            counts[id(mod)] = index + 1
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else None
+            calls.append(_Call(name, index, shape, "pool" in type(module).__name__.lower()))
+
+        return hook
+
+    try:
+        for name, module in model.named_modules():
+            if name:
+                handles.append(module.register_forward_hook(make_hook(name, module)))
+        with torch.inference_mode():
+            model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return calls
+
+
+def count_calls(model: nn.Module, x: torch.Tensor, module: nn.Module) -> int:
+    """How many times ``module`` runs in one forward pass of ``x``."""
+    count = 0
+
+    def hook(mod: nn.Module, args: Any, out: Any) -> None:
+        nonlocal count
+        count += 1
+
+    handle = module.register_forward_hook(hook)
+    try:
+        with torch.inference_mode():
+            model(x)
+    finally:
+        handle.remove()
+    return count
+
+
+def find_layer(model: nn.Module, x: torch.Tensor) -> LayerRef:
+    """The last module call with a spatial 4-D output: the features that feed global pooling.
+
+    Among module calls returning the same tensor (``layer4``, ``layer4.1``, ``layer4.1.relu``) the
+    outermost returns last, so the most readable name is chosen. Pooling outputs of size 1x1 are
+    skipped. A module that runs several times is addressed by its call (``_swish@1``).
+
+    Raises:
+        ValueError: the model has no 4-D (B, C, h, w) intermediate output.
+    """
+    calls = _trace_calls(model, x[:1])
+    spatial = [c for c in calls if c.shape is not None and len(c.shape) == 4]
+    chosen = [c for c in spatial if c.shape is not None and c.shape[2] * c.shape[3] > 1]
+    if not chosen:
+        chosen = [c for c in spatial if not c.pooling]
+    if not chosen:
+        raise ValueError(
+            "no module of the model returns a 4-D (batch, channels, height, width) tensor; "
+            "camlens explains convolutional feature maps: pass layer= a module that does"
+        )
+    best = chosen[-1]
+    total = sum(1 for c in calls if c.name == best.name)
+    modules = dict(model.named_modules())
+    return LayerRef(best.name, modules[best.name], best.call if total > 1 else None)
+
+
+class _Capture:
+    """Forward hook state for one forward pass."""
+
+    def __init__(self, ref: LayerRef, grad: bool, replace: Any = None) -> None:
+        self.ref = ref
+        self.grad = grad
+        self.replace = replace
+        self.calls = 0
+        self.shapes: list[tuple[int, ...]] = []
+        self.activation: torch.Tensor | None = None
+
+    def hook(self, module: nn.Module, args: Any, out: Any) -> Any:
+        index = self.calls
+        self.calls += 1
+        if isinstance(out, torch.Tensor):
+            self.shapes.append(tuple(out.shape))
+        wanted = 0 if self.ref.call is None else self.ref.call
+        if index != wanted:
+            return None
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(f"layer {self.ref} returns {type(out).__name__}, not a tensor; pick a module returning one")
+        if self.replace is not None:
+            self.activation = out
+            return self.replace(out)
+        if self.grad:
+            # The graph starts here: later in-place ops act on the clone, never on the leaf.
+            torch.set_grad_enabled(True)
+            leaf = out.detach().requires_grad_(True)
+            self.activation = leaf
+            return leaf.clone()
+        # Later in-place ops must not change what was captured.
+        self.activation = out.clone()
+        return None
+
+
+@contextmanager
+def capture(
+    model: nn.Module, ref: LayerRef, *, grad: bool, replace: Any = None
+) -> Iterator[_Capture]:
+    """Capture ``ref``'s output during the forward passes run inside the block; hooks removed on exit.
+
+    With ``grad=True`` the block must run the forward under ``torch.no_grad()``: autograd is switched on
+    at the layer and restored on exit. ``replace(out)`` may return a tensor that replaces the output
+    (used to replay the tail of the network on ablated activations).
+    """
+    state = _Capture(ref, grad, replace)
+    grad_mode = torch.is_grad_enabled()
+    handle = ref.module.register_forward_hook(state.hook)
+    try:
+        yield state
+    finally:
+        handle.remove()
+        torch.set_grad_enabled(grad_mode)
+
+
+def check_calls(state: _Capture) -> None:
+    """Raise when the layer did not run, ran more often than its reference allows, or lacks the call."""
+    ref = state.ref
+    if state.calls == 0:
+        raise ValueError(f"layer {ref} did not run in the forward pass; pick a module the forward uses")
+    if ref.call is None and state.calls > 1:
+        shapes = ", ".join("x".join(map(str, s[1:])) for s in state.shapes)
+        raise ValueError(
+            f"layer {ref.name!r} runs {state.calls} times in one forward pass (outputs {shapes}); "
+            f"say which call with '{ref.name}@0' .. '{ref.name}@{state.calls - 1}' ('{ref.name}@-1' for the last)"
+        )
+    if ref.call is not None and not 0 <= ref.call < state.calls:
+        raise ValueError(f"layer {ref} asks for call {ref.call} but {ref.name!r} runs {state.calls} times")

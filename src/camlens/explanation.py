@@ -1,0 +1,79 @@
+"""The result object every method returns and every consumer reads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["Explanation", "normalize_maps"]
+
+
+def normalize_maps(maps: torch.Tensor) -> torch.Tensor:
+    """Min-max normalise each map (over its last two dims) to [0, 1].
+
+    A map whose range is within a few float ulps of its magnitude (a constant map, or the rounding noise
+    that bilinear upsampling leaves on one) becomes all zeros, never NaN and never amplified noise.
+    """
+    flat = maps.flatten(-2)
+    low = flat.amin(-1, keepdim=True)
+    high = flat.amax(-1, keepdim=True)
+    span = high - low
+    scale = torch.maximum(high.abs(), low.abs())
+    tiny = torch.finfo(maps.dtype).eps * 16
+    ok = span > tiny * scale
+    out = torch.where(ok, (flat - low) / torch.where(ok, span, torch.ones_like(span)), torch.zeros_like(flat))
+    return out.view_as(maps)
+
+
+@dataclass
+class Explanation:
+    """Class activation maps for a batch: B samples, K targets each.
+
+    Attributes:
+        raw: (B, K, h, w) signed, unnormalised maps at the layer's resolution, before the final ReLU
+            (so negative and counterfactual evidence is kept and magnitudes compare across classes).
+        targets: (B, K) class ids, or ``None`` when the targets were a callable.
+        scores: (B, K) the target scores of the unperturbed forward pass (logits for class ids).
+        output: the model's output for the batch, detached.
+        method: registry name of the method.
+        layer: the layer explained, as ``layer=`` accepts it.
+        input_size: (H, W) of the model input.
+    """
+
+    raw: torch.Tensor
+    targets: torch.Tensor | None
+    scores: torch.Tensor
+    output: Any
+    method: str
+    layer: str
+    input_size: tuple[int, int]
+    _maps: torch.Tensor | None = field(default=None, repr=False)
+
+    @property
+    def maps(self) -> torch.Tensor:
+        """(B, K, H, W) in [0, 1]: ReLU(raw), bilinear upsampling to the input, per-map min-max."""
+        if self._maps is None:
+            positive = self.raw.clamp(min=0)
+            b, k, h, w = positive.shape
+            up = F.interpolate(positive.reshape(b * k, 1, h, w), size=self.input_size, mode="bilinear", align_corners=False)
+            self._maps = normalize_maps(up.view(b, k, *self.input_size))
+        return self._maps
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.raw.shape[0])
+
+    @property
+    def num_targets(self) -> int:
+        return int(self.raw.shape[1])
+
+    def __repr__(self) -> str:
+        b, k, h, w = self.raw.shape
+        ids = "callable" if self.targets is None else self.targets.tolist()
+        return (
+            f"Explanation(method={self.method!r}, layer={self.layer!r}, batch={b}, targets={ids}, "
+            f"raw={h}x{w}, input={self.input_size[0]}x{self.input_size[1]})"
+        )

@@ -1,0 +1,196 @@
+"""The explanation pipeline. A method overrides only how its weights (or raw maps) are computed.
+
+Data flow of one call:
+
+1. one forward pass; the target layer's activation A (B, C, h, w) is captured. Methods that need no
+   gradient run it under ``torch.inference_mode()``; gradient methods run it without autograd up to
+   the layer and with autograd only after it (see :mod:`camlens.capture`);
+2. targets -> scores S (B, K) (:mod:`camlens.targets`);
+3. gradient methods: dS/dA for all K targets in one batched backward, w.r.t. A only;
+4. ``weights(ctx)`` -> (B, K, C) per-channel or (B, K, C, h, w) per-pixel weights;
+   raw = sum_k w_k A_k, signed (B, K, h, w); ``Explanation.maps`` applies ReLU, upsampling and min-max.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from camlens._state import _ModelState
+from camlens.capture import LayerRef, capture, check_calls, count_calls, find_layer, resolve_layer
+from camlens.explanation import Explanation
+from camlens.targets import Targets, resolve_targets
+
+__all__ = ["CAMMethod", "Context"]
+
+
+@dataclass
+class Context:
+    """What a method's ``weights`` may read."""
+
+    model: nn.Module
+    layer: LayerRef
+    inputs: torch.Tensor
+    activation: torch.Tensor  # A (B, C, h, w), detached
+    output: Any  # model output, detached
+    scores: torch.Tensor  # (B, K), detached
+    ids: torch.Tensor | None  # (B, K) class ids, or None for a callable target
+    targets: Targets  # as the user gave them (callables are re-applied to perturbed outputs)
+    gradients: torch.Tensor | None  # dS/dA (B, K, C, h, w) when the method needs them
+
+
+def _check_inputs(model: nn.Module, inputs: Any) -> torch.Tensor:
+    if not isinstance(inputs, torch.Tensor):
+        raise TypeError(
+            f"inputs must be a tensor of shape (B, C, H, W), got {type(inputs).__name__}; "
+            "preprocess images into a tensor first"
+        )
+    if inputs.dim() == 3:
+        inputs = inputs[None]
+    if inputs.dim() != 4:
+        raise ValueError(f"inputs must have shape (B, C, H, W) or (C, H, W), got {tuple(inputs.shape)}")
+    if inputs.shape[0] == 0:
+        raise ValueError("inputs is an empty batch")
+    param = next(model.parameters(), None)
+    if param is not None and param.device != inputs.device:
+        raise ValueError(
+            f"inputs are on {inputs.device} but the model is on {param.device}; move them with inputs.to({str(param.device)!r})"
+        )
+    return inputs
+
+
+def _batched_gradients(scores: torch.Tensor, activation: torch.Tensor) -> torch.Tensor:
+    """dS[:, k]/dA for every k, in one batched backward: (B, K, C, h, w).
+
+    Each sample's scores depend only on its own activation (eval mode), so the gradient of the
+    batch sum of S[:, k] is, per sample, the gradient of that sample's score.
+    """
+    k = scores.shape[1]
+    if not scores.requires_grad:
+        raise ValueError("the target scores do not depend on the explained layer; pick a layer the output depends on")
+    if k == 1:
+        (grad,) = torch.autograd.grad(scores.sum(), activation)
+        return grad[:, None]
+    eye = torch.eye(k, dtype=scores.dtype, device=scores.device)
+    grad_outputs = eye[:, None, :].expand(k, scores.shape[0], k)
+    try:
+        (grad,) = torch.autograd.grad(scores, activation, grad_outputs=grad_outputs, is_grads_batched=True)
+    except (RuntimeError, NotImplementedError):
+        # an op of the model's tail without a vmap rule: one backward per target instead
+        grads = [
+            torch.autograd.grad(scores[:, i].sum(), activation, retain_graph=i < k - 1)[0] for i in range(k)
+        ]
+        return torch.stack(grads, 1)
+    return grad.transpose(0, 1)
+
+
+class CAMMethod:
+    """A class activation map method: call it on ``(inputs, targets)`` to get an :class:`Explanation`.
+
+    Args:
+        model: any ``nn.Module`` returning (B, classes) scores, or anything a callable target reads.
+        layer: a module name (``"layer4"``, ``"_swish@1"`` for the 2nd call of a shared module), the
+            module itself, or ``None`` for the last spatial layer (the one feeding global pooling).
+
+    Subclasses set the class attributes and override :meth:`weights` (or :meth:`raw_maps`).
+    """
+
+    name: ClassVar[str] = ""
+    needs_gradients: ClassVar[bool] = False
+    needs_class_ids: ClassVar[bool] = False
+
+    def __init__(self, model: nn.Module, layer: str | nn.Module | LayerRef | None = None) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        self.model = model
+        self._layer_spec = layer
+        self._layer: LayerRef | None = None if layer is None else resolve_layer(model, layer)
+
+    def layer_for(self, inputs: torch.Tensor) -> LayerRef:
+        """The layer this method explains, resolved (and cached) on the first call."""
+        if self._layer is None:
+            self._layer = find_layer(self.model, inputs)
+        elif self._layer.call is not None and self._layer.call < 0:
+            calls = count_calls(self.model, inputs[:1], self._layer.module)
+            if -self._layer.call > calls:
+                raise ValueError(f"layer {self._layer} asks for call {self._layer.call} but it runs {calls} times")
+            self._layer = LayerRef(self._layer.name, self._layer.module, calls + self._layer.call)
+        return self._layer
+
+    def __call__(self, inputs: torch.Tensor, targets: Targets = None) -> Explanation:
+        """Explain ``targets`` for each sample of ``inputs`` (B, C, H, W). See :mod:`camlens.targets`."""
+        x = _check_inputs(self.model, inputs)
+        if self.needs_class_ids and callable(targets) and not isinstance(targets, torch.Tensor):
+            raise ValueError(f"{self.name} needs class ids as targets; for a callable target use method='gradcam'")
+        if any(m.training for m in self.model.modules()):
+            warnings.warn(
+                "the model is in training mode: dropout and batch-norm statistics make maps random and "
+                "batch-dependent; call model.eval() first",
+                stacklevel=2,
+            )
+        state = _ModelState.capture(self.model)
+        try:
+            ref = self.layer_for(x)
+            ctx = self._forward(x, ref, targets)
+            raw = self.raw_maps(ctx)
+        finally:
+            state.restore()
+        return Explanation(
+            raw=raw.detach().clone(),
+            targets=None if ctx.ids is None else ctx.ids.clone(),
+            scores=ctx.scores.clone(),
+            output=_detach(ctx.output),
+            method=self.name,
+            layer=str(ref),
+            input_size=(int(x.shape[-2]), int(x.shape[-1])),
+        )
+
+    def _forward(self, x: torch.Tensor, ref: LayerRef, targets: Targets) -> Context:
+        if not self.needs_gradients:
+            with torch.inference_mode(), capture(self.model, ref, grad=False) as cap:
+                output = self.model(x)
+                check_calls(cap)
+                scores, ids = resolve_targets(targets, output)
+            assert cap.activation is not None  # check_calls guarantees the layer ran
+            return Context(self.model, ref, x, cap.activation, output, scores, ids, targets, None)
+        with capture(self.model, ref, grad=True) as cap:
+            torch.set_grad_enabled(False)  # the hook turns autograd on at the layer
+            output = self.model(x)
+            check_calls(cap)
+            torch.set_grad_enabled(True)
+            scores, ids = resolve_targets(targets, output)
+            assert cap.activation is not None
+            grads = _batched_gradients(scores, cap.activation)
+        return Context(
+            self.model, ref, x, cap.activation.detach(), _detach(output), scores.detach(), ids, targets, grads
+        )
+
+    def weights(self, ctx: Context) -> torch.Tensor:
+        """Per-channel (B, K, C) or per-pixel (B, K, C, h, w) weights of the activation."""
+        raise NotImplementedError
+
+    def raw_maps(self, ctx: Context) -> torch.Tensor:
+        """Signed maps (B, K, h, w) = sum_k w_k * A_k (before the final ReLU)."""
+        w = self.weights(ctx)
+        a = ctx.activation
+        if w.dim() == 3:
+            return torch.einsum("bkc,bchw->bkhw", w, a)
+        return (w * a[:, None]).sum(2)
+
+    def __repr__(self) -> str:
+        layer = self._layer if self._layer is not None else "auto"
+        return f"{type(self).__name__}(layer={str(layer)!r})"
+
+
+def _detach(output: Any) -> Any:
+    if isinstance(output, torch.Tensor):
+        return output.detach().clone()
+    if isinstance(output, dict):
+        return {k: _detach(v) for k, v in output.items()}
+    if isinstance(output, (list, tuple)):
+        return type(output)(_detach(v) for v in output)
+    return output

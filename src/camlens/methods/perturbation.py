@@ -1,0 +1,222 @@
+"""Methods that weigh channels by extra forward passes, all through one batched, chunked helper.
+
+* Score-CAM (Wang et al., CVPR Workshops 2020, eq. 3-5): H_k = minmax(Up(A_k)), the "channel-wise
+  increase of confidence" C_k = f_c(X * H_k) - f_c(X_b), map = ReLU(sum_k C_k A_k).
+* Ablation-CAM (Desai & Ramaswamy, WACV 2020, eq. 3): w_k = (y_c - y_c^k) / y_c, with y_c^k the score
+  when channel k of the layer is set to zero.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from camlens.capture import capture
+from camlens.explanation import normalize_maps
+from camlens.methods.base import CAMMethod, Context
+from camlens.registry import register
+
+__all__ = ["AblationCAM", "ScoreCAM"]
+
+
+def _chunks(n: int, size: int) -> Iterator[tuple[int, int]]:
+    for start in range(0, n, size):
+        yield start, min(start + size, n)
+
+
+def _progress(total: int, desc: str, enabled: bool | None) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="fwd", disable=(total < 256) if enabled is None else not enabled, leave=False)
+
+
+def _perturbed_scores(
+    n: int,
+    run: Callable[[int, int], Any],
+    score: Callable[[Any, int, int], torch.Tensor],
+    batch_size: int,
+    desc: str,
+    progress: bool | None,
+) -> torch.Tensor:
+    """Scores of ``n`` perturbed forward passes, ``batch_size`` at a time, under inference mode.
+
+    ``run(start, stop)`` runs the model on perturbations ``start:stop`` and returns its output;
+    ``score(output, start, stop)`` turns that into (stop - start, K) target scores.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    parts = []
+    with torch.inference_mode(), _progress(n, desc, progress) as bar:
+        for start, stop in _chunks(n, batch_size):
+            parts.append(score(run(start, stop), start, stop))
+            bar.update(stop - start)
+    return torch.cat(parts) if parts else torch.empty(0)
+
+
+def _target_scorer(ctx: Context, kind: str) -> Callable[[Any, torch.Tensor], torch.Tensor]:
+    """(output of perturbed copies of samples ``rows``) -> their (n, K) target scores."""
+
+    def score(output: Any, rows: torch.Tensor) -> torch.Tensor:
+        if ctx.ids is None:
+            assert callable(ctx.targets)
+            s = ctx.targets(output)
+            return s[:, None] if s.dim() == 1 else s
+        logits = output.float() if kind == "logit" else output.float().softmax(1)
+        return logits.gather(1, ctx.ids[rows])
+
+    return score
+
+
+@register("scorecam")
+class ScoreCAM(CAMMethod):
+    """Score-CAM (Wang et al., CVPRW 2020): weights from forward passes of the input masked by each channel.
+
+    H_k = min-max normalised, bilinearly upsampled A_k; s_k = f_c(X * H_k); the weight is
+    C_k = s_k - f_c(X_b) (the paper's increase of confidence over the baseline X_b, the all-zero input
+    that a zero mask also produces), optionally passed through a softmax over channels.
+
+    Defaults follow the paper: ``score="prob"`` (f_c is the softmax probability of class c), baseline
+    subtraction on, ``channel_softmax=False``. pytorch-grad-cam uses ``score="logit",
+    channel_softmax=True``; with a channel softmax the baseline is irrelevant (a constant shift).
+
+    Cost: one forward per channel and image (minus channels whose map is constant: their mask is zero,
+    so their masked input *is* the baseline, computed once), in batches of ``batch_size`` under
+    ``torch.inference_mode()``. A callable target is applied to batches of masked copies of one sample
+    and must therefore score each row independently.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layer: str | nn.Module | None = None,
+        *,
+        score: str = "prob",
+        channel_softmax: bool = False,
+        baseline: bool = True,
+        batch_size: int = 64,
+        progress: bool | None = None,
+    ) -> None:
+        super().__init__(model, layer)
+        if score not in ("logit", "prob"):
+            raise ValueError(f"score must be 'logit' or 'prob', got {score!r}")
+        self.score, self.channel_softmax, self.baseline = score, channel_softmax, baseline
+        self.batch_size, self.progress = batch_size, progress
+
+    def weights(self, ctx: Context) -> torch.Tensor:
+        x, a = ctx.inputs, ctx.activation
+        b, c, h, w = a.shape
+        flat = a.flatten(2)
+        varying = (flat.amax(-1) - flat.amin(-1)) > 0  # (B, C); constant maps give zero masks
+        pairs = varying.nonzero()  # (n, 2): sample, channel
+        size = x.shape[-2:]
+        scorer = _target_scorer(ctx, self.score)
+        # one extra row per sample: the baseline, the all-zero input
+        base_rows = torch.arange(b, device=x.device)
+
+        def run(start: int, stop: int) -> Any:
+            sel = pairs[start:stop]
+            masks = F.interpolate(a[sel[:, 0], sel[:, 1]][:, None], size=size, mode="bilinear", align_corners=False)
+            return self.model(x[sel[:, 0]] * normalize_maps(masks))
+
+        def score(output: Any, start: int, stop: int) -> torch.Tensor:
+            return scorer(output, pairs[start:stop, 0])
+
+        masked = _perturbed_scores(len(pairs), run, score, self.batch_size, "Score-CAM", self.progress)
+        with torch.inference_mode():
+            base = scorer(self.model(torch.zeros_like(x)), base_rows)  # (B, K)
+        k = base.shape[1]
+        scores = base[:, :, None].expand(b, k, c).clone()
+        if len(pairs):
+            scores[pairs[:, 0], :, pairs[:, 1]] = masked.to(scores.dtype)
+        if self.baseline:
+            scores = scores - base[:, :, None]
+        if self.channel_softmax:
+            scores = scores.softmax(-1)
+        return scores.to(a.dtype)
+
+
+@register("ablationcam")
+class AblationCAM(CAMMethod):
+    """Ablation-CAM (Desai & Ramaswamy, WACV 2020): w_k = (y_c - y_c^k) / y_c.
+
+    y_c^k is the target score with channel k of the layer set to zero. Only the tail of the network
+    (after the layer) is replayed on the ablated activations, from one forward of the front per chunk,
+    when that is exact: the first chunk also replays the unablated activation and must reproduce the
+    model's output, otherwise the whole input is replicated (the slow, always-valid path). Channels
+    that are already all zero are not ablated (y_c^k = y_c, w_k = 0). Note the paper's division by
+    y_c: a negative target score flips the sign of every weight.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layer: str | nn.Module | None = None,
+        *,
+        batch_size: int = 256,
+        progress: bool | None = None,
+    ) -> None:
+        super().__init__(model, layer)
+        self.batch_size, self.progress = batch_size, progress
+
+    def weights(self, ctx: Context) -> torch.Tensor:
+        x, a = ctx.inputs, ctx.activation
+        b, c = a.shape[:2]
+        active = a.flatten(2).ne(0).any(-1)  # (B, C)
+        pairs = active.nonzero()
+        scorer = _target_scorer(ctx, "logit")
+        replay = self._replay_is_exact(ctx)
+
+        def ablated(sel: torch.Tensor) -> torch.Tensor:
+            out = a[sel[:, 0]].clone()
+            out[torch.arange(len(sel)), sel[:, 1]] = 0
+            return out
+
+        def run(start: int, stop: int) -> Any:
+            sel = pairs[start:stop]
+            if replay:
+                # one front pass per sample in the chunk; the tail runs on all its ablations at once
+                outs = []
+                for sample in sel[:, 0].unique_consecutive():
+                    rows = sel[sel[:, 0] == sample]
+                    with capture(self.model, ctx.layer, grad=False, replace=lambda _, r=rows: ablated(r)):
+                        outs.append(self.model(x[int(sample) : int(sample) + 1]))
+                return torch.cat(outs)
+            with capture(self.model, ctx.layer, grad=False, replace=lambda out: _zero_channels(out, sel[:, 1])):
+                return self.model(x[sel[:, 0]])
+
+        def score(output: Any, start: int, stop: int) -> torch.Tensor:
+            return scorer(output, pairs[start:stop, 0])
+
+        ablated_scores = _perturbed_scores(len(pairs), run, score, self.batch_size, "Ablation-CAM", self.progress)
+        y = ctx.scores.to(a.dtype)  # (B, K)
+        k = y.shape[1]
+        yk = y[:, :, None].expand(b, k, c).clone()
+        if len(pairs):
+            yk[pairs[:, 0], :, pairs[:, 1]] = ablated_scores.to(yk.dtype)
+        return (y[:, :, None] - yk) / y[:, :, None]
+
+    def _replay_is_exact(self, ctx: Context) -> bool:
+        """Does replaying the tail on a (2, C, h, w) copy of sample 0's activation reproduce the output?"""
+        if not isinstance(ctx.output, torch.Tensor):
+            return False
+        a0 = ctx.activation[:1]
+        try:
+            with torch.inference_mode(), capture(self.model, ctx.layer, grad=False, replace=lambda _: a0.expand(2, *a0.shape[1:]).clone()):
+                out = self.model(ctx.inputs[:1])
+        except RuntimeError:
+            return False
+        if not isinstance(out, torch.Tensor) or out.shape[0] != 2:
+            return False
+        ref = ctx.output[:1]
+        tol = 1e-4 * max(1.0, float(ref.abs().max()))
+        return bool((out - ref).abs().max() <= tol)
+
+
+def _zero_channels(out: torch.Tensor, channels: torch.Tensor) -> torch.Tensor:
+    out = out.clone()
+    out[torch.arange(len(channels)), channels] = 0
+    return out
