@@ -71,8 +71,7 @@ def resolve_layer(model: nn.Module, layer: str | nn.Module | LayerRef) -> LayerR
             if module is layer:
                 return LayerRef(name or "<model>", module)
         raise ValueError(
-            f"layer {type(layer).__name__} is not a submodule of the model; pass a module of this model "
-            "or its name"
+            f"layer {type(layer).__name__} is not a submodule of the model; pass a module of this model or its name"
         )
     if not isinstance(layer, str):
         raise TypeError(f"layer must be a name, a module or None, got {type(layer).__name__}")
@@ -201,9 +200,7 @@ class _Capture:
 
 
 @contextmanager
-def capture(
-    model: nn.Module, ref: LayerRef, *, grad: bool, replace: Any = None
-) -> Iterator[_Capture]:
+def capture(model: nn.Module, ref: LayerRef, *, grad: bool, replace: Any = None) -> Iterator[_Capture]:
     """Capture ``ref``'s output during the forward passes run inside the block; hooks removed on exit.
 
     With ``grad=True`` the block must run the forward under ``torch.no_grad()``: autograd is switched on

@@ -58,10 +58,13 @@ def _demo(topk: int) -> int:
         maps = exp.maps[0]
         elapsed = time.perf_counter() - start
         peaks = []
+        ids = top.indices[0] if exp.targets is None else exp.targets[0]
         for k in range(maps.shape[0]):
             row, col = divmod(int(maps[k].argmax()), maps.shape[-1])
-            peaks.append(f"{names[int(exp.targets[0, k])][:14]}:({(col + 0.5) * w / maps.shape[-1]:.0f},"
-                         f"{(row + 0.5) * h / maps.shape[-2]:.0f})")
+            peaks.append(
+                f"{names[int(ids[k])][:14]}:({(col + 0.5) * w / maps.shape[-1]:.0f},"
+                f"{(row + 0.5) * h / maps.shape[-2]:.0f})"
+            )
         print(f"{name:12s} {exp.layer:10s} {elapsed:7.2f}s  {'  '.join(peaks)}")
     return 0
 

@@ -58,7 +58,9 @@ class Explanation:
         if self._maps is None:
             positive = self.raw.clamp(min=0)
             b, k, h, w = positive.shape
-            up = F.interpolate(positive.reshape(b * k, 1, h, w), size=self.input_size, mode="bilinear", align_corners=False)
+            up = F.interpolate(
+                positive.reshape(b * k, 1, h, w), size=self.input_size, mode="bilinear", align_corners=False
+            )
             self._maps = normalize_maps(up.view(b, k, *self.input_size))
         return self._maps
 
@@ -71,7 +73,7 @@ class Explanation:
         return int(self.raw.shape[1])
 
     def __repr__(self) -> str:
-        b, k, h, w = self.raw.shape
+        b, _, h, w = self.raw.shape
         ids = "callable" if self.targets is None else self.targets.tolist()
         return (
             f"Explanation(method={self.method!r}, layer={self.layer!r}, batch={b}, targets={ids}, "

@@ -20,8 +20,10 @@ from camlens.registry import register
 __all__ = ["CAM", "EigenCAM"]
 
 
-def _head_candidates(model: nn.Module, channels: int, classes: int) -> list[tuple[str, torch.Tensor, torch.Tensor | None]]:
-    found = []
+def _head_candidates(
+    model: nn.Module, channels: int, classes: int
+) -> list[tuple[str, torch.Tensor, torch.Tensor | None]]:
+    found: list[tuple[str, torch.Tensor, torch.Tensor | None]] = []
     for name, m in model.named_modules():
         if isinstance(m, nn.Linear) and m.in_features == channels and m.out_features == classes:
             found.append((name, m.weight, m.bias))
@@ -137,7 +139,7 @@ class EigenCAM(CAMMethod):
 
     def raw_maps(self, ctx: Context) -> torch.Tensor:
         a = ctx.activation
-        b, c, h, w = a.shape
+        b, _, h, w = a.shape
         points = a.flatten(2).transpose(1, 2)  # (B, hw, C)
         if self.center:
             points = points - points.mean(1, keepdim=True)

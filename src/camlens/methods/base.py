@@ -58,7 +58,8 @@ def _check_inputs(model: nn.Module, inputs: Any) -> torch.Tensor:
     param = next(model.parameters(), None)
     if param is not None and param.device != inputs.device:
         raise ValueError(
-            f"inputs are on {inputs.device} but the model is on {param.device}; move them with inputs.to({str(param.device)!r})"
+            f"inputs are on {inputs.device} but the model is on {param.device}; "
+            f"move them with inputs.to({str(param.device)!r})"
         )
     return inputs
 
@@ -81,9 +82,7 @@ def _batched_gradients(scores: torch.Tensor, activation: torch.Tensor) -> torch.
         (grad,) = torch.autograd.grad(scores, activation, grad_outputs=grad_outputs, is_grads_batched=True)
     except (RuntimeError, NotImplementedError):
         # an op of the model's tail without a vmap rule: one backward per target instead
-        grads = [
-            torch.autograd.grad(scores[:, i].sum(), activation, retain_graph=i < k - 1)[0] for i in range(k)
-        ]
+        grads = [torch.autograd.grad(scores[:, i].sum(), activation, retain_graph=i < k - 1)[0] for i in range(k)]
         return torch.stack(grads, 1)
     return grad.transpose(0, 1)
 

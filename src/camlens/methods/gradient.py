@@ -32,9 +32,7 @@ def _safe_divide(num: torch.Tensor, den: torch.Tensor, scale: torch.Tensor) -> t
 class _Gradient(CAMMethod):
     needs_gradients: ClassVar[bool] = True
 
-    def __init__(
-        self, model: nn.Module, layer: str | nn.Module | None = None, *, counterfactual: bool = False
-    ) -> None:
+    def __init__(self, model: nn.Module, layer: str | nn.Module | None = None, *, counterfactual: bool = False) -> None:
         super().__init__(model, layer)
         self.counterfactual = counterfactual
 

@@ -8,8 +8,9 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +32,8 @@ def _chunks(n: int, size: int) -> Iterator[tuple[int, int]]:
 def _progress(total: int, desc: str, enabled: bool | None) -> Any:
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit="fwd", disable=(total < 256) if enabled is None else not enabled, leave=False)
+    disable = total < 256 if enabled is None else not enabled
+    return tqdm(total=total, desc=desc, unit="fwd", disable=disable, leave=False)
 
 
 def _perturbed_scores(
@@ -108,7 +110,7 @@ class ScoreCAM(CAMMethod):
 
     def weights(self, ctx: Context) -> torch.Tensor:
         x, a = ctx.inputs, ctx.activation
-        b, c, h, w = a.shape
+        b, c = a.shape[:2]
         flat = a.flatten(2)
         varying = (flat.amax(-1) - flat.amin(-1)) > 0  # (B, C); constant maps give zero masks
         pairs = varying.nonzero()  # (n, 2): sample, channel
@@ -197,15 +199,24 @@ class AblationCAM(CAMMethod):
         yk = y[:, :, None].expand(b, k, c).clone()
         if len(pairs):
             yk[pairs[:, 0], :, pairs[:, 1]] = ablated_scores.to(yk.dtype)
-        return (y[:, :, None] - yk) / y[:, :, None]
+        zero = y == 0
+        if bool(zero.any()):
+            warnings.warn(
+                "Ablation-CAM divides by the target score, which is exactly 0 for "
+                f"{int(zero.sum())} target(s); their weights are set to 0",
+                stacklevel=3,
+            )
+        den = torch.where(zero, torch.ones_like(y), y)[:, :, None]
+        return torch.where(zero[:, :, None], torch.zeros_like(yk), (y[:, :, None] - yk) / den)
 
     def _replay_is_exact(self, ctx: Context) -> bool:
         """Does replaying the tail on a (2, C, h, w) copy of sample 0's activation reproduce the output?"""
         if not isinstance(ctx.output, torch.Tensor):
             return False
         a0 = ctx.activation[:1]
+        twice = a0.expand(2, *a0.shape[1:]).clone()
         try:
-            with torch.inference_mode(), capture(self.model, ctx.layer, grad=False, replace=lambda _: a0.expand(2, *a0.shape[1:]).clone()):
+            with torch.inference_mode(), capture(self.model, ctx.layer, grad=False, replace=lambda _: twice):
                 out = self.model(ctx.inputs[:1])
         except RuntimeError:
             return False

@@ -1,0 +1,90 @@
+"""Small networks shared by the tests. Deterministic: seeded weights or weights written out."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class GapNet(nn.Module):
+    """conv -> ReLU -> conv -> ReLU (``features``) -> global average pooling -> linear: a CAM network."""
+
+    def __init__(self, channels: int = 8, classes: int = 5, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.features = nn.Sequential(
+            nn.Conv2d(3, channels, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(channels, channels, 3, stride=2, padding=1),
+            nn.BatchNorm2d(channels),
+            nn.ReLU(inplace=True),
+        )
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(channels, classes)
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(self.features(x)).flatten(1))
+
+
+class GmpNet(GapNet):
+    """Same features, global *max* pooling (the CAM paper's GMP variant)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x).amax((2, 3)))
+
+
+class FcNet(nn.Module):
+    """An ordinary classifier: conv features -> flatten -> two FC layers. CAM does not apply."""
+
+    def __init__(self, channels: int = 4, classes: int = 3, size: int = 8, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.features = nn.Sequential(nn.Conv2d(3, channels, 3, padding=1), nn.ReLU())
+        self.classifier = nn.Sequential(nn.Linear(channels * size * size, 16), nn.ReLU(), nn.Linear(16, classes))
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x).flatten(1))
+
+
+class SharedActNet(nn.Module):
+    """One ReLU module applied twice (stem and head), like EfficientNet-Lite0's ``_swish``; GAP head."""
+
+    def __init__(self, classes: int = 4, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.stem = nn.Conv2d(3, 6, 3, padding=1)
+        self.head = nn.Conv2d(6, 10, 3, stride=2, padding=1)
+        self.act = nn.ReLU()
+        self.fc = nn.Linear(10, classes)
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(self.stem(x))
+        x = self.act(self.head(x))
+        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+class FunctionalNet(nn.Module):
+    """ReLUs applied functionally and in place (``F.relu``, ``torch.relu_``), residual add; GAP head."""
+
+    def __init__(self, classes: int = 3, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.conv1 = nn.Conv2d(3, 6, 3, padding=1)
+        self.conv2 = nn.Conv2d(6, 6, 3, padding=1)
+        self.fc = nn.Linear(6, classes)
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.conv1(x))
+        z = torch.relu_(self.conv2(y) + y)
+        return self.fc(z.mean((2, 3)))
+
+
+def inputs(batch: int = 2, size: int = 8, seed: int = 1, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """A seeded random batch (B, 3, size, size)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, 3, size, size, generator=g, dtype=dtype)
