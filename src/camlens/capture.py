@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -28,6 +29,11 @@ from torch import nn
 __all__ = ["LayerRef", "find_layer", "layer_names", "resolve_layer"]
 
 _CALL = re.compile(r"^(?P<name>.*)@(?P<call>-?\d+)$")
+
+# The automatic choice costs a probe forward. It is remembered per model (weakly: the model's
+# lifetime is the user's) and per input geometry, and re-checked on use, so ``camlens.explain`` in a
+# loop does not pay a second forward per call. The only module-level state besides the registry.
+_CHOSEN: weakref.WeakKeyDictionary[nn.Module, dict[tuple[int, ...], LayerRef]] = weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True)
@@ -148,6 +154,10 @@ def find_layer(model: nn.Module, x: torch.Tensor) -> LayerRef:
     Raises:
         ValueError: the model has no 4-D (B, C, h, w) intermediate output.
     """
+    key = tuple(x.shape[1:])
+    known = _CHOSEN.get(model, {}).get(key)
+    if known is not None and dict(model.named_modules()).get(known.name) is known.module:
+        return known
     calls = _trace_calls(model, x[:1])
     spatial = [c for c in calls if c.shape is not None and len(c.shape) == 4]
     chosen = [c for c in spatial if c.shape is not None and c.shape[2] * c.shape[3] > 1]
@@ -161,7 +171,9 @@ def find_layer(model: nn.Module, x: torch.Tensor) -> LayerRef:
     best = chosen[-1]
     total = sum(1 for c in calls if c.name == best.name)
     modules = dict(model.named_modules())
-    return LayerRef(best.name, modules[best.name], best.call if total > 1 else None)
+    chosen_ref = LayerRef(best.name, modules[best.name], best.call if total > 1 else None)
+    _CHOSEN.setdefault(model, {})[key] = chosen_ref
+    return chosen_ref
 
 
 class _Capture:
