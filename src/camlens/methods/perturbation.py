@@ -83,7 +83,8 @@ class ScoreCAM(CAMMethod):
 
     Defaults follow the paper: ``score="prob"`` (f_c is the softmax probability of class c), baseline
     subtraction on, ``channel_softmax=False``. pytorch-grad-cam uses ``score="logit",
-    channel_softmax=True``; with a channel softmax the baseline is irrelevant (a constant shift).
+    channel_softmax=True, align_corners=True`` (its mask upsampling); with a channel softmax the
+    baseline is irrelevant (a constant shift).
 
     Cost: one forward per channel and image (minus channels whose map is constant: their mask is zero,
     so their masked input *is* the baseline, computed once), in batches of ``batch_size`` under
@@ -99,6 +100,7 @@ class ScoreCAM(CAMMethod):
         score: str = "prob",
         channel_softmax: bool = False,
         baseline: bool = True,
+        align_corners: bool = False,
         batch_size: int = 64,
         progress: bool | None = None,
     ) -> None:
@@ -106,6 +108,7 @@ class ScoreCAM(CAMMethod):
         if score not in ("logit", "prob"):
             raise ValueError(f"score must be 'logit' or 'prob', got {score!r}")
         self.score, self.channel_softmax, self.baseline = score, channel_softmax, baseline
+        self.align_corners = align_corners
         self.batch_size, self.progress = batch_size, progress
 
     def weights(self, ctx: Context) -> torch.Tensor:
@@ -121,7 +124,8 @@ class ScoreCAM(CAMMethod):
 
         def run(start: int, stop: int) -> Any:
             sel = pairs[start:stop]
-            masks = F.interpolate(a[sel[:, 0], sel[:, 1]][:, None], size=size, mode="bilinear", align_corners=False)
+            low = a[sel[:, 0], sel[:, 1]][:, None]
+            masks = F.interpolate(low, size=size, mode="bilinear", align_corners=self.align_corners)
             return self.model(x[sel[:, 0]] * normalize_maps(masks))
 
         def score(output: Any, start: int, stop: int) -> torch.Tensor:
