@@ -86,10 +86,11 @@ class ScoreCAM(CAMMethod):
     channel_softmax=True, align_corners=True`` (its mask upsampling); with a channel softmax the
     baseline is irrelevant (a constant shift).
 
-    Cost: one forward per channel and image (minus channels whose map is constant: their mask is zero,
-    so their masked input *is* the baseline, computed once), in batches of ``batch_size`` under
-    ``torch.inference_mode()``. A callable target is applied to batches of masked copies of one sample
-    and must therefore score each row independently.
+    Cost: one forward per channel and image, minus channels whose map is constant (their mask is
+    zero, so their masked input *is* the baseline, computed once); in batches of ``batch_size`` (16:
+    larger batches run slower per image on a CPU, cache-bound), under ``torch.inference_mode()``, in
+    channels-last layout (``channels_last=False`` keeps the input's). A callable target is applied to
+    batches of masked copies of one sample and must therefore score each row independently.
     """
 
     def __init__(
@@ -101,7 +102,8 @@ class ScoreCAM(CAMMethod):
         channel_softmax: bool = False,
         baseline: bool = True,
         align_corners: bool = False,
-        batch_size: int = 64,
+        batch_size: int = 16,
+        channels_last: bool = True,
         progress: bool | None = None,
     ) -> None:
         super().__init__(model, layer)
@@ -109,7 +111,12 @@ class ScoreCAM(CAMMethod):
             raise ValueError(f"score must be 'logit' or 'prob', got {score!r}")
         self.score, self.channel_softmax, self.baseline = score, channel_softmax, baseline
         self.align_corners = align_corners
-        self.batch_size, self.progress = batch_size, progress
+        self.batch_size, self.channels_last, self.progress = batch_size, channels_last, progress
+
+    def _layout(self, x: torch.Tensor) -> torch.Tensor:
+        # Convolutions on CPU run 1.5-2x faster on channels-last inputs (measured in
+        # docs/benchmarks.md); results equal the contiguous layout's to float rounding.
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
 
     def weights(self, ctx: Context) -> torch.Tensor:
         x, a = ctx.inputs, ctx.activation
@@ -126,14 +133,14 @@ class ScoreCAM(CAMMethod):
             sel = pairs[start:stop]
             low = a[sel[:, 0], sel[:, 1]][:, None]
             masks = F.interpolate(low, size=size, mode="bilinear", align_corners=self.align_corners)
-            return self.model(x[sel[:, 0]] * normalize_maps(masks))
+            return self.model(self._layout(x[sel[:, 0]] * normalize_maps(masks)))
 
         def score(output: Any, start: int, stop: int) -> torch.Tensor:
             return scorer(output, pairs[start:stop, 0])
 
         masked = _perturbed_scores(len(pairs), run, score, self.batch_size, "Score-CAM", self.progress)
         with torch.inference_mode():
-            base = scorer(self.model(torch.zeros_like(x)), base_rows)  # (B, K)
+            base = scorer(self.model(self._layout(torch.zeros_like(x))), base_rows)  # (B, K)
         k = base.shape[1]
         scores = base[:, :, None].expand(b, k, c).clone()
         if len(pairs):
