@@ -41,6 +41,9 @@ class Explanation:
         method: registry name of the method.
         layer: the layer explained, as ``layer=`` accepts it.
         input_size: (H, W) of the model input.
+        pixels: (B, K, C, H, W) signed input-space attributions of the pixel methods (saliency, guided
+            backprop, deconvnet, guided Grad-CAM), ``None`` for class activation maps. Their ``raw`` is
+            the displayable view max_c |pixels|.
     """
 
     raw: torch.Tensor
@@ -50,6 +53,7 @@ class Explanation:
     method: str
     layer: str
     input_size: tuple[int, int]
+    pixels: torch.Tensor | None = None
     _maps: torch.Tensor | None = field(default=None, repr=False)
 
     @property

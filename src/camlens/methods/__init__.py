@@ -3,6 +3,7 @@
 from camlens.methods.activation import CAM, EigenCAM
 from camlens.methods.base import CAMMethod, Context
 from camlens.methods.gradient import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
+from camlens.methods.guided import Deconvnet, GuidedBackprop, GuidedGradCAM, Saliency
 from camlens.methods.perturbation import AblationCAM, ScoreCAM
 
 __all__ = [
@@ -10,11 +11,15 @@ __all__ = [
     "AblationCAM",
     "CAMMethod",
     "Context",
+    "Deconvnet",
     "EigenCAM",
     "GradCAM",
     "GradCAMPlusPlus",
+    "GuidedBackprop",
+    "GuidedGradCAM",
     "HiResCAM",
     "LayerCAM",
+    "Saliency",
     "ScoreCAM",
     "XGradCAM",
 ]

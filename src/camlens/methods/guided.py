@@ -1,0 +1,241 @@
+"""Pixel-space explanations: input gradients and modified backward rules through activations.
+
+* ``saliency`` (Simonyan et al., ICLR Workshop 2014): dS^c/dx; the displayed map is the maximum over
+  colour channels of |dS^c/dx| (their eq. 5 reduction), the "Backprop" baseline of the CAM paper.
+* ``guided-backprop`` (Springenberg et al., ICLR Workshop 2015): at every ReLU, the backward pass keeps
+  only gradient that is positive where the forward input was positive: R_in = 1[x > 0] * ReLU(R_out).
+* ``deconvnet`` (Zeiler & Fergus, ECCV 2014): keeps only positive gradient, whatever the forward input:
+  R_in = ReLU(R_out).
+* ``guided-gradcam`` (Selvaraju et al., ICCV 2017, sec. 3.1): guided backprop (B, K, 3, H, W) times
+  Grad-CAM's ReLU'd map upsampled bilinearly to the input, point-wise, built from the two methods.
+
+The rule is applied by intercepting the operators during the call (a ``TorchFunctionMode``), so it
+reaches every ReLU the forward runs: ``nn.ReLU`` modules, one module used several times, in-place
+ReLUs and functional ones (``F.relu``, ``torch.relu``, ``torch.relu_``, ``Tensor.relu``). Other members of
+the family are handled with the same rule applied to their gate: ReLU6 / hardtanh (gate: min < x < max;
+EfficientNet-Lite and MobileNet use ReLU6 only, so hooking ``nn.ReLU`` alone silently gives the plain
+gradient there) and LeakyReLU (local slope kept, negative gradient dropped). Activations the rule
+cannot treat (SiLU, GELU, Mish, Hardswish, ELU, SELU) pass through unchanged with a warning naming them.
+No module is swapped and no flag is changed; nothing outlives the call.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from camlens._state import _ModelState
+from camlens.explanation import Explanation
+from camlens.methods.base import CAMMethod, _check_inputs, _detach
+from camlens.methods.gradient import GradCAM
+from camlens.registry import register
+from camlens.targets import Targets, resolve_targets
+
+__all__ = ["Deconvnet", "GuidedBackprop", "GuidedGradCAM", "Saliency"]
+
+_RELU = {F.relu, torch.relu, torch.Tensor.relu}
+_RELU_ = {torch.relu_, torch.Tensor.relu_, F.relu_}
+_UNTREATED = {F.silu: "SiLU", F.gelu: "GELU", F.mish: "Mish", F.hardswish: "Hardswish", F.elu: "ELU", F.selu: "SELU"}
+
+
+class _Rule(torch.autograd.Function):
+    """y = f(x) forward; backward: gate(x) * ReLU(g) (guided) or ReLU(g) (deconvnet)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor], gate: Any, deconv: bool) -> Any:
+        ctx.save_for_backward(x)
+        ctx.gate, ctx.deconv = gate, deconv
+        return fn(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> Any:
+        (x,) = ctx.saved_tensors
+        positive = grad.clamp(min=0)
+        if ctx.deconv:
+            return positive, None, None, None
+        return positive * ctx.gate(x), None, None, None
+
+
+class _Intercept(TorchFunctionMode):
+    """Replace every ReLU-family call by the guided (or deconvnet) rule while active."""
+
+    def __init__(self, deconv: bool) -> None:
+        super().__init__()
+        self.deconv = deconv
+        self.untreated: set[str] = set()
+        self.count = 0
+
+    def _apply(self, x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor], gate: Any) -> torch.Tensor:
+        self.count += 1
+        return _Rule.apply(x, fn, gate, self.deconv)
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        if func in _RELU or func in _RELU_:
+            inplace = func in _RELU_ or bool(kwargs.get("inplace", False))
+            x = args[0]
+            y = self._apply(x.clone() if inplace else x, torch.relu, lambda t: (t > 0).to(t.dtype))
+            return x.copy_(y) if inplace else y
+        if func in (F.hardtanh, F.relu6):
+            x = args[0]
+            if func is F.relu6:
+                low, high, inplace = 0.0, 6.0, bool(kwargs.get("inplace", args[1] if len(args) > 1 else False))
+            else:
+                low = kwargs.get("min_val", args[1] if len(args) > 1 else -1.0)
+                high = kwargs.get("max_val", args[2] if len(args) > 2 else 1.0)
+                inplace = bool(kwargs.get("inplace", args[3] if len(args) > 3 else False))
+            y = self._apply(
+                x.clone() if inplace else x,
+                lambda t: t.clamp(low, high),
+                lambda t: ((t > low) & (t < high)).to(t.dtype),
+            )
+            return x.copy_(y) if inplace else y
+        if func is F.leaky_relu:
+            x = args[0]
+            slope = kwargs.get("negative_slope", args[1] if len(args) > 1 else 0.01)
+            inplace = bool(kwargs.get("inplace", args[2] if len(args) > 2 else False))
+            y = self._apply(
+                x.clone() if inplace else x,
+                lambda t: F.leaky_relu(t, slope),
+                lambda t: torch.where(t > 0, torch.ones_like(t), torch.full_like(t, slope)),
+            )
+            return x.copy_(y) if inplace else y
+        if func in _UNTREATED:
+            self.untreated.add(_UNTREATED[func])
+        return func(*args, **kwargs)
+
+
+def input_gradients(
+    model: nn.Module, inputs: torch.Tensor, targets: Targets, rule: str | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, Any]:
+    """dS/dx (B, K, C, H, W) for all K targets, with an optional backward ``rule`` ("guided", "deconvnet").
+
+    Returns ``(gradients, scores, ids, output)``. Gradients are taken w.r.t. a detached copy of the
+    input only: no parameter gradient is computed, the caller's input is untouched.
+    """
+    x = inputs.detach().clone().requires_grad_(True)
+    mode = None if rule is None else _Intercept(deconv=rule == "deconvnet")
+    with torch.enable_grad():
+        if mode is None:
+            output = model(x)
+        else:
+            with mode:
+                output = model(x)
+        scores, ids = resolve_targets(targets, output)
+        if not scores.requires_grad:
+            raise ValueError("the target scores do not depend on the input")
+        k = scores.shape[1]
+        grads = [torch.autograd.grad(scores[:, i].sum(), x, retain_graph=i < k - 1)[0] for i in range(k)]
+    if mode is not None:
+        if mode.untreated:
+            warnings.warn(
+                f"{rule} rule: the model uses {', '.join(sorted(mode.untreated))}, which the rule cannot treat; "
+                "their backward pass is the plain gradient",
+                stacklevel=3,
+            )
+        if mode.count == 0:
+            warnings.warn(
+                f"{rule} rule: the model ran no ReLU-family activation; this is the plain gradient", stacklevel=3
+            )
+    return torch.stack(grads, 1), scores.detach(), ids, output
+
+
+class _Pixel(CAMMethod):
+    """Base for input-space methods: ``Explanation.pixels`` (B, K, C, H, W) signed, ``raw`` (B, K, H, W)."""
+
+    rule: ClassVar[str | None] = None
+
+    def __init__(self, model: nn.Module, layer: Any = None, *, counterfactual: bool = False) -> None:
+        if layer is not None and type(self) is not GuidedGradCAM:
+            raise ValueError(f"{self.name} explains the input pixels and takes no layer; got layer={layer!r}")
+        super().__init__(model, None)
+        self.counterfactual = counterfactual
+
+    def _targets(self, targets: Targets, found: dict[str, Any]) -> Targets:
+        if not self.counterfactual:
+            return targets
+
+        def negated(output: Any) -> torch.Tensor:
+            scores, found["ids"] = resolve_targets(targets, output)
+            return -scores
+
+        return negated
+
+    def pixels(self, x: torch.Tensor, targets: Targets) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, Any]:
+        return input_gradients(self.model, x, targets, self.rule)
+
+    def __call__(self, inputs: torch.Tensor, targets: Targets = None) -> Explanation:
+        x = _check_inputs(self.model, inputs)
+        state = _ModelState.capture(self.model)
+        found: dict[str, Any] = {}
+        try:
+            pix, scores, ids, output = self.pixels(x, self._targets(targets, found))
+        finally:
+            state.restore()
+        return Explanation(
+            raw=pix.abs().amax(2),
+            targets=found.get("ids", ids),
+            scores=-scores if self.counterfactual else scores,
+            output=_detach(output),
+            method=self.name,
+            layer="input",
+            input_size=(int(x.shape[-2]), int(x.shape[-1])),
+            pixels=pix,
+        )
+
+
+@register("saliency")
+class Saliency(_Pixel):
+    """Input-gradient saliency (Simonyan et al. 2014): dS^c/dx; map = max over channels of |dS^c/dx|."""
+
+
+@register("guided-backprop")
+class GuidedBackprop(_Pixel):
+    """Guided Backpropagation (Springenberg et al. 2015): R_in = 1[x > 0] * ReLU(R_out) at every ReLU."""
+
+    rule = "guided"
+
+
+@register("deconvnet")
+class Deconvnet(_Pixel):
+    """Deconvnet (Zeiler & Fergus 2014): R_in = ReLU(R_out) at every ReLU, whatever the forward input."""
+
+    rule = "deconvnet"
+
+
+@register("guided-gradcam")
+class GuidedGradCAM(_Pixel):
+    """Guided Grad-CAM (Selvaraju et al. 2017): guided backprop x bilinearly upsampled ReLU(Grad-CAM).
+
+    Built from the public methods: ``GuidedBackprop(model)(x, t).pixels * up(ReLU(GradCAM(model,
+    layer)(x, t).raw))``. ``counterfactual=True`` uses both with the negated target score.
+    """
+
+    def __init__(self, model: nn.Module, layer: Any = None, *, counterfactual: bool = False) -> None:
+        super().__init__(model, None, counterfactual=counterfactual)
+        self.gradcam = GradCAM(model, layer, counterfactual=counterfactual)
+        self.guided = GuidedBackprop(model, counterfactual=counterfactual)
+
+    def __call__(self, inputs: torch.Tensor, targets: Targets = None) -> Explanation:
+        x = _check_inputs(self.model, inputs)
+        guided = self.guided(x, targets)
+        cam = self.gradcam(x, guided.targets if guided.targets is not None else targets)
+        up = F.interpolate(cam.raw.clamp(min=0), size=guided.input_size, mode="bilinear", align_corners=False)
+        assert guided.pixels is not None
+        pix = guided.pixels * up[:, :, None]
+        return Explanation(
+            raw=pix.abs().amax(2),
+            targets=guided.targets,
+            scores=guided.scores,
+            output=guided.output,
+            method=self.name,
+            layer=cam.layer,
+            input_size=guided.input_size,
+            pixels=pix,
+        )
