@@ -60,7 +60,7 @@ def test_counterfactual_is_relu_of_negated_raw(model: torch.nn.Module, chelsea: 
 @pytest.mark.parametrize("method", [m for m in camlens.methods() if m != "scorecam"])
 def test_every_fast_method_runs_on_the_real_model(method: str, model: torch.nn.Module, chelsea: torch.Tensor) -> None:
     exp = camlens.explain(model, chelsea, method=method, targets="top3")
-    assert exp.raw.shape == (1, 3, 7, 7)
+    assert exp.raw.shape == ((1, 3, 7, 7) if exp.pixels is None else (1, 3, 224, 224))
     assert exp.targets is not None and exp.targets[0, 0].item() == 285
     assert torch.isfinite(exp.raw).all()
     assert exp.maps.shape == (1, 3, 224, 224)
