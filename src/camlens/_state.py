@@ -20,7 +20,6 @@ class _ModelState:
     training: list[tuple[nn.Module, bool]]
     params: list[tuple[torch.Tensor, bool, torch.Tensor | None]]
     inplace: list[tuple[nn.Module, bool]]
-    hooks: list[tuple[nn.Module, int, int, int]]
 
     @classmethod
     def capture(cls, model: nn.Module) -> _ModelState:
@@ -29,8 +28,11 @@ class _ModelState:
             training=[(m, m.training) for m in modules],
             params=[(p, p.requires_grad, p.grad) for p in model.parameters()],
             inplace=[(m, bool(m.inplace)) for m in modules if isinstance(getattr(m, "inplace", None), bool)],
-            hooks=[(m, len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks)) for m in modules],
         )
+
+    @property
+    def any_training(self) -> bool:
+        return any(training for _, training in self.training)
 
     def restore(self) -> None:
         for module, training in self.training:

@@ -127,6 +127,13 @@ def _trace_calls(model: nn.Module, x: torch.Tensor) -> list[_Call]:
     return calls
 
 
+def _submodule(model: nn.Module, name: str) -> nn.Module | None:
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        return None
+
+
 def count_calls(model: nn.Module, x: torch.Tensor, module: nn.Module) -> int:
     """How many times ``module`` runs in one forward pass of ``x``."""
     count = 0
@@ -156,7 +163,7 @@ def find_layer(model: nn.Module, x: torch.Tensor) -> LayerRef:
     """
     key = tuple(x.shape[1:])
     known = _CHOSEN.get(model, {}).get(key)
-    if known is not None and dict(model.named_modules()).get(known.name) is known.module:
+    if known is not None and _submodule(model, known.name) is known.module:
         return known
     calls = _trace_calls(model, x[:1])
     spatial = [c for c in calls if c.shape is not None and len(c.shape) == 4]

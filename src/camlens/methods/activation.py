@@ -73,7 +73,7 @@ class CAM(CAMMethod):
     ) -> None:
         super().__init__(model, layer)
         self._fc = fc
-        self._head: str | None = None
+        self._head: tuple[str, torch.Tensor, torch.Tensor | None] | None = None
         self.pooling: str | None = None
 
     def _head_weight(self, ctx: Context) -> torch.Tensor:
@@ -93,16 +93,15 @@ class CAM(CAMMethod):
             return w
         pooled = {"avg": a.mean((2, 3)), "max": a.amax((2, 3))}
         tol = 1e-3 * max(1.0, float(out.abs().max()))
+        # the head found on an earlier call is re-verified first; the search runs only if it fails
+        if self._head is not None and self._head[1].shape == (classes, channels):
+            found = self._verify([self._head], pooled, out, tol)
+            if found is not None:
+                return found
+        found = self._verify(_head_candidates(self.model, channels, classes), pooled, out, tol)
+        if found is not None:
+            return found
         candidates = _head_candidates(self.model, channels, classes)
-        if self._head is not None:
-            candidates.sort(key=lambda c: c[0] != self._head)
-        for name, weight, bias in candidates:
-            w = weight.detach()
-            for kind, features in pooled.items():
-                pred = features @ w.T + (0 if bias is None else bias.detach())
-                if (pred - out).abs().max() <= tol:
-                    self._head, self.pooling = name, kind
-                    return w
         hint = (
             f"no linear layer {channels}->{classes} exists"
             if not candidates
@@ -112,6 +111,22 @@ class CAM(CAMMethod):
             f"CAM needs a model whose output is linear(global_avg_pool(layer)), but for layer {ctx.layer} "
             f"{hint}; use method='gradcam', which works for any CNN and equals CAM on such heads"
         )
+
+    def _verify(
+        self,
+        candidates: list[tuple[str, torch.Tensor, torch.Tensor | None]],
+        pooled: dict[str, torch.Tensor],
+        out: torch.Tensor,
+        tol: float,
+    ) -> torch.Tensor | None:
+        for head in candidates:
+            w, bias = head[1].detach(), head[2]
+            for kind, features in pooled.items():
+                pred = features @ w.T + (0 if bias is None else bias.detach())
+                if (pred - out).abs().max() <= tol:
+                    self._head, self.pooling = head, kind
+                    return w
+        return None
 
     def weights(self, ctx: Context) -> torch.Tensor:
         assert ctx.ids is not None  # needs_class_ids

@@ -125,13 +125,13 @@ class CAMMethod:
         x = _check_inputs(self.model, inputs)
         if self.needs_class_ids and callable(targets) and not isinstance(targets, torch.Tensor):
             raise ValueError(f"{self.name} needs class ids as targets; for a callable target use method='gradcam'")
-        if any(m.training for m in self.model.modules()):
+        state = _ModelState.capture(self.model)
+        if state.any_training:
             warnings.warn(
                 "the model is in training mode: dropout and batch-norm statistics make maps random and "
                 "batch-dependent; call model.eval() first",
                 stacklevel=2,
             )
-        state = _ModelState.capture(self.model)
         try:
             ref = self.layer_for(x)
             ctx = self._forward(x, ref, targets)
