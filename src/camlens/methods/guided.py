@@ -22,7 +22,6 @@ No module is swapped and no flag is changed; nothing outlives the call.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
@@ -39,18 +38,20 @@ from camlens.targets import Targets, resolve_targets
 
 __all__ = ["Deconvnet", "GuidedBackprop", "GuidedGradCAM", "Saliency"]
 
-_RELU = {F.relu, torch.relu, torch.Tensor.relu}
-_RELU_ = {torch.relu_, torch.Tensor.relu_, F.relu_}
 _UNTREATED = {F.silu: "SiLU", F.gelu: "GELU", F.mish: "Mish", F.hardswish: "Hardswish", F.elu: "ELU", F.selu: "SELU"}
 
 
 class _Rule(torch.autograd.Function):
-    """y = f(x) forward; backward: gate(x) * ReLU(g) (guided) or ReLU(g) (deconvnet)."""
+    """y = f(x) forward; backward: f'(x) * ReLU(g) (guided) or ReLU(g) (deconvnet).
+
+    ``derivative(g, x)`` is the activation's own fused backward kernel (``threshold_backward`` for
+    ReLU, ``hardtanh_backward`` for ReLU6, ``leaky_relu_backward``), so the rule costs one extra clamp.
+    """
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor], gate: Any, deconv: bool) -> Any:
+    def forward(ctx: Any, x: torch.Tensor, fn: Any, derivative: Any, deconv: bool) -> Any:
         ctx.save_for_backward(x)
-        ctx.gate, ctx.deconv = gate, deconv
+        ctx.derivative, ctx.deconv = derivative, deconv
         return fn(x)
 
     @staticmethod
@@ -59,7 +60,52 @@ class _Rule(torch.autograd.Function):
         positive = grad.clamp(min=0)
         if ctx.deconv:
             return positive, None, None, None
-        return positive * ctx.gate(x), None, None, None
+        return ctx.derivative(positive, x), None, None, None
+
+
+def _arg(args: Any, kwargs: dict[str, Any], index: int, name: str, default: Any) -> Any:
+    return kwargs.get(name, args[index] if len(args) > index else default)
+
+
+def _relu(args: Any, kwargs: dict[str, Any], inplace: bool) -> tuple[Any, Any, bool]:
+    return (
+        torch.relu,
+        lambda g, x: torch.ops.aten.threshold_backward(g, x, 0),
+        inplace or _arg(args, kwargs, 1, "inplace", False),
+    )
+
+
+def _hardtanh(args: Any, kwargs: dict[str, Any], low: float | None = None, high: float | None = None) -> Any:
+    lo = _arg(args, kwargs, 1, "min_val", -1.0) if low is None else low
+    hi = _arg(args, kwargs, 2, "max_val", 1.0) if high is None else high
+    inplace = _arg(args, kwargs, 1 if low is not None else 3, "inplace", False)
+    return (
+        lambda t: t.clamp(lo, hi),
+        lambda g, x: torch.ops.aten.hardtanh_backward(g, x, lo, hi),
+        inplace,
+    )
+
+
+def _leaky(args: Any, kwargs: dict[str, Any]) -> Any:
+    slope = _arg(args, kwargs, 1, "negative_slope", 0.01)
+    return (
+        lambda t: F.leaky_relu(t, slope),
+        lambda g, x: torch.ops.aten.leaky_relu_backward(g, x, slope, False),
+        _arg(args, kwargs, 2, "inplace", False),
+    )
+
+
+_HANDLERS: dict[Any, Any] = {
+    F.relu: lambda a, k: _relu(a, k, False),
+    torch.relu: lambda a, k: _relu(a, k, False),
+    torch.Tensor.relu: lambda a, k: _relu(a, k, False),
+    torch.relu_: lambda a, k: _relu(a, k, True),
+    torch.Tensor.relu_: lambda a, k: _relu(a, k, True),
+    F.relu_: lambda a, k: _relu(a, k, True),
+    F.relu6: lambda a, k: _hardtanh(a, k, 0.0, 6.0),
+    F.hardtanh: _hardtanh,
+    F.leaky_relu: _leaky,
+}
 
 
 class _Intercept(TorchFunctionMode):
@@ -71,44 +117,19 @@ class _Intercept(TorchFunctionMode):
         self.untreated: set[str] = set()
         self.count = 0
 
-    def _apply(self, x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor], gate: Any) -> torch.Tensor:
-        self.count += 1
-        return _Rule.apply(x, fn, gate, self.deconv)
-
     def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
-        if func in _RELU or func in _RELU_:
-            inplace = func in _RELU_ or bool(kwargs.get("inplace", False))
-            x = args[0]
-            y = self._apply(x.clone() if inplace else x, torch.relu, lambda t: (t > 0).to(t.dtype))
-            return x.copy_(y) if inplace else y
-        if func in (F.hardtanh, F.relu6):
-            x = args[0]
-            if func is F.relu6:
-                low, high, inplace = 0.0, 6.0, bool(kwargs.get("inplace", args[1] if len(args) > 1 else False))
-            else:
-                low = kwargs.get("min_val", args[1] if len(args) > 1 else -1.0)
-                high = kwargs.get("max_val", args[2] if len(args) > 2 else 1.0)
-                inplace = bool(kwargs.get("inplace", args[3] if len(args) > 3 else False))
-            y = self._apply(
-                x.clone() if inplace else x,
-                lambda t: t.clamp(low, high),
-                lambda t: ((t > low) & (t < high)).to(t.dtype),
-            )
-            return x.copy_(y) if inplace else y
-        if func is F.leaky_relu:
-            x = args[0]
-            slope = kwargs.get("negative_slope", args[1] if len(args) > 1 else 0.01)
-            inplace = bool(kwargs.get("inplace", args[2] if len(args) > 2 else False))
-            y = self._apply(
-                x.clone() if inplace else x,
-                lambda t: F.leaky_relu(t, slope),
-                lambda t: torch.where(t > 0, torch.ones_like(t), torch.full_like(t, slope)),
-            )
-            return x.copy_(y) if inplace else y
-        if func in _UNTREATED:
-            self.untreated.add(_UNTREATED[func])
-        return func(*args, **kwargs)
+        handler = _HANDLERS.get(func)
+        if handler is None:
+            if func in _UNTREATED:
+                self.untreated.add(_UNTREATED[func])
+            return func(*args, **kwargs)
+        fn, derivative, inplace = handler(args, kwargs)
+        x = args[0]
+        self.count += 1
+        y = _Rule.apply(x.clone() if inplace else x, fn, derivative, self.deconv)
+        # an in-place call must change its argument: callers may ignore the return value
+        return x.copy_(y) if inplace else y
 
 
 def input_gradients(
