@@ -440,7 +440,7 @@ def main() -> None:
             results["memory"][f"{model_name}, batch {batch}"] = memory_table(model_name, batch, names)
     if not args.no_perturbation:
         print("Score-CAM / Ablation-CAM", file=sys.stderr)
-        results["perturbation"] = perturbation_table(1 if args.quick else 3)
+        results["perturbation"] = perturbation_table(1 if args.quick else 2)
     command = "python benchmarks/bench_core.py" + (" " + " ".join(sys.argv[1:]) if sys.argv[1:] else "")
     text = markdown(results, command)
     print(text)

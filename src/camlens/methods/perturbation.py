@@ -67,7 +67,10 @@ def _target_scorer(ctx: Context, kind: str) -> Callable[[Any, torch.Tensor], tor
             assert callable(ctx.targets)
             s = ctx.targets(output)
             return s[:, None] if s.dim() == 1 else s
-        logits = output.float() if kind == "logit" else output.float().softmax(1)
+        # scores in at least float32 (half-precision models), never below the model's precision
+        logits = output if output.dtype in (torch.float32, torch.float64) else output.float()
+        if kind == "prob":
+            logits = logits.softmax(1)
         return logits.gather(1, ctx.ids[rows])
 
     return score
