@@ -101,6 +101,7 @@ class CAMMethod:
     name: ClassVar[str] = ""
     needs_gradients: ClassVar[bool] = False
     needs_class_ids: ClassVar[bool] = False
+    takes_layer: ClassVar[bool] = True  # False for pixel methods, which explain the input
 
     def __init__(self, model: nn.Module, layer: str | nn.Module | LayerRef | None = None) -> None:
         if not isinstance(model, nn.Module):

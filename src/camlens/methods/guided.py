@@ -171,9 +171,10 @@ class _Pixel(CAMMethod):
     """Base for input-space methods: ``Explanation.pixels`` (B, K, C, H, W) signed, ``raw`` (B, K, H, W)."""
 
     rule: ClassVar[str | None] = None
+    takes_layer: ClassVar[bool] = False
 
     def __init__(self, model: nn.Module, layer: Any = None, *, counterfactual: bool = False) -> None:
-        if layer is not None and type(self) is not GuidedGradCAM:
+        if layer is not None and not self.takes_layer:
             raise ValueError(f"{self.name} explains the input pixels and takes no layer; got layer={layer!r}")
         super().__init__(model, None)
         self.counterfactual = counterfactual
@@ -237,6 +238,8 @@ class GuidedGradCAM(_Pixel):
     Built from the public methods: ``GuidedBackprop(model)(x, t).pixels * up(ReLU(GradCAM(model,
     layer)(x, t).raw))``. ``counterfactual=True`` uses both with the negated target score.
     """
+
+    takes_layer: ClassVar[bool] = True
 
     def __init__(self, model: nn.Module, layer: Any = None, *, counterfactual: bool = False) -> None:
         super().__init__(model, None, counterfactual=counterfactual)
