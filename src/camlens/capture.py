@@ -155,8 +155,9 @@ def find_layer(model: nn.Module, x: torch.Tensor) -> LayerRef:
     """The last module call with a spatial 4-D output: the features that feed global pooling.
 
     Among module calls returning the same tensor (``layer4``, ``layer4.1``, ``layer4.1.relu``) the
-    outermost returns last, so the most readable name is chosen. Pooling outputs of size 1x1 are
-    skipped. A module that runs several times is addressed by its call (``_swish@1``).
+    outermost returns last, so the most readable name is chosen. Outputs of pooling modules are
+    skipped (VGG's adaptive 7x7 pooling only resamples the features). A module that runs several
+    times is addressed by its call (``_swish@1``).
 
     Raises:
         ValueError: the model has no 4-D (B, C, h, w) intermediate output.
@@ -167,9 +168,10 @@ def find_layer(model: nn.Module, x: torch.Tensor) -> LayerRef:
         return known
     calls = _trace_calls(model, x[:1])
     spatial = [c for c in calls if c.shape is not None and len(c.shape) == 4]
-    chosen = [c for c in spatial if c.shape is not None and c.shape[2] * c.shape[3] > 1]
+    # pooling modules are skipped: VGG's AdaptiveAvgPool2d((7, 7)) is spatial but only resamples
+    chosen = [c for c in spatial if not c.pooling and c.shape is not None and c.shape[2] * c.shape[3] > 1]
     if not chosen:
-        chosen = [c for c in spatial if not c.pooling]
+        chosen = [c for c in spatial if not c.pooling] or spatial
     if not chosen:
         raise ValueError(
             "no module of the model returns a 4-D (batch, channels, height, width) tensor; "

@@ -64,6 +64,14 @@ def _check_inputs(model: nn.Module, inputs: Any) -> torch.Tensor:
     return inputs
 
 
+def _check_grad_mode(needs_gradients: bool, name: str) -> None:
+    if needs_gradients and torch.is_inference_mode_enabled():
+        raise RuntimeError(
+            f"{name} needs gradients, which torch.inference_mode() forbids; call it outside inference mode "
+            "(camlens itself runs the part of the forward before the layer without autograd)"
+        )
+
+
 def _batched_gradients(scores: torch.Tensor, activation: torch.Tensor) -> torch.Tensor:
     """dS[:, k]/dA for every k, in one batched backward: (B, K, C, h, w).
 
@@ -124,6 +132,7 @@ class CAMMethod:
     def __call__(self, inputs: torch.Tensor, targets: Targets = None) -> Explanation:
         """Explain ``targets`` for each sample of ``inputs`` (B, C, H, W). See :mod:`camlens.targets`."""
         x = _check_inputs(self.model, inputs)
+        _check_grad_mode(self.needs_gradients, self.name)
         if self.needs_class_ids and callable(targets) and not isinstance(targets, torch.Tensor):
             raise ValueError(f"{self.name} needs class ids as targets; for a callable target use method='gradcam'")
         state = _ModelState.capture(self.model)

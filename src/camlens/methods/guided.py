@@ -31,7 +31,7 @@ from torch.overrides import TorchFunctionMode
 
 from camlens._state import _ModelState
 from camlens.explanation import Explanation
-from camlens.methods.base import CAMMethod, _check_inputs, _detach
+from camlens.methods.base import CAMMethod, _check_grad_mode, _check_inputs, _detach
 from camlens.methods.gradient import GradCAM
 from camlens.registry import register
 from camlens.targets import Targets, resolve_targets
@@ -194,6 +194,7 @@ class _Pixel(CAMMethod):
 
     def __call__(self, inputs: torch.Tensor, targets: Targets = None) -> Explanation:
         x = _check_inputs(self.model, inputs)
+        _check_grad_mode(True, self.name)
         state = _ModelState.capture(self.model)
         found: dict[str, Any] = {}
         try:
