@@ -36,11 +36,13 @@ class _ModelState:
 
     def restore(self) -> None:
         for module, training in self.training:
-            module.training = training
+            if module.training != training:
+                module.training = training
         for param, requires_grad, grad in self.params:
             if param.requires_grad != requires_grad:
                 param.requires_grad_(requires_grad)
             if param.grad is not grad:
                 param.grad = grad
         for module, inplace in self.inplace:
-            module.inplace = inplace  # type: ignore[assignment]
+            if module.inplace != inplace:  # (TorchScript modules refuse writes to their constants)
+                module.inplace = inplace  # type: ignore[assignment]

