@@ -90,10 +90,11 @@ def load_image(path: str | Path) -> Any:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: no such file")
+    img: Image.Image
     try:
-        with Image.open(path) as img:
-            img.load()
-            img = ImageOps.exif_transpose(img)
+        with Image.open(path) as opened:
+            opened.load()
+            img = ImageOps.exif_transpose(opened)
     except UnidentifiedImageError as err:
         raise ValueError(f"{path}: not an image file PIL can read") from err
     except (OSError, SyntaxError) as err:
