@@ -197,3 +197,76 @@ def test_weights_that_do_not_fit(tmp_path: Path, capsys: pytest.CaptureFixture[s
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
     code, _, err = run(capsys, "explain", "--demo", "--model", "torchvision:resnet34", "--weights", str(weights))
     assert code == 2 and "do not fit torchvision:resnet34" in err
+
+
+def _chromium() -> str | None:
+    import shutil
+
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def test_report_renders_every_image_in_headless_chromium(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import re
+    import subprocess
+
+    out = tmp_path / "run"
+    assert run(capsys, "explain", "--demo", "--topk", "2", "--out", str(out))[0] == 0
+    photo = str(out / "chelsea.png")
+    code, _, err = run(
+        capsys, "explain", photo, "--method", "guided-gradcam", "--topk", "2", "--out", str(out), "--report"
+    )
+    assert code == 0, err
+    page = out / "index.html"
+    text = page.read_text()
+    assert text.count("<img") == 1 + 2 * 2 + 2  # photo, two methods x two classes, guided pixel images
+    assert "Egyptian cat" in text and "box [" in text
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("chromium is not installed (.ci/run installs Debian's chromium)")
+    dom = subprocess.run(
+        [
+            browser,
+            *CHROMIUM_FLAGS,
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+            page.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    match = re.search(r'data-images="(\d+)" data-rendered="(\d+)"', dom)
+    assert match is not None, dom[:500]
+    assert match.group(1) == match.group(2) == "7"
+
+
+def test_explanation_pictures_in_python() -> None:
+    import io
+
+    import camlens
+    from camlens import zoo
+
+    photo = Image.fromarray(skimage_data.chelsea())
+    exp = camlens.explain(zoo.efficientnet_lite0(), zoo.preprocess(photo), targets="top2")
+    (pictures,) = exp.overlay([photo])
+    assert len(pictures) == 2 and pictures[0].size == photo.size
+    (boxes,) = exp.boxes(0.2)
+    assert all(b is not None and 0 <= b[0] < b[2] <= 224 for b in boxes)
+    png = Image.open(io.BytesIO(exp._repr_png_()))
+    assert png.size[0] > 2 * 224
+    with pytest.raises(ValueError, match="one image per sample"):
+        exp.overlay([photo, photo])

@@ -44,9 +44,12 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     ex.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     ex.add_argument("--batch-size", type=int, default=8)
+    ex.add_argument("--report", action="store_true", help="also write OUT/index.html (see `camlens report`)")
     lay = sub.add_parser("layers", help="list the layers a user can pick, marking the default")
     lay.add_argument("model", nargs="?", default="efficientnet_lite0")
     _model_args(lay, with_model=False)
+    rep = sub.add_parser("report", help="write one static HTML page for a run folder")
+    rep.add_argument("run", metavar="RUN_DIR")
     sub.add_parser("methods", help="list the registered methods")
     sub.add_parser("demo", help="same as `camlens explain --demo`")
     return parser
@@ -135,7 +138,7 @@ def _explain(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     records: list[dict[str, Any]] = []
     failed = 0
-    stream = (out / "results.jsonl").open("w")
+    stream = (out / "results.jsonl").open("a")  # runs of several methods into one folder add up
     bar = tqdm(total=len(paths), desc=f"camlens {cls.name}", unit="img", file=sys.stderr, disable=len(paths) < 2)
     try:
         for start in range(0, len(paths), args.batch_size):
@@ -167,6 +170,11 @@ def _explain(args: argparse.Namespace) -> int:
     finally:
         bar.close()
         stream.close()
+    if args.report:
+        from camlens.report import write_report
+
+        page = write_report(out)
+        print(f"camlens: report {page.resolve()}", file=sys.stderr)
     if args.json:
         print(json.dumps({"model": bundle.name, "method": cls.name, "images": records}, indent=1))
     else:
@@ -263,11 +271,20 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name:16s} {doc}")
             return 0
         if args.command == "demo":
-            return main(["explain", "--demo", "--topk", "3"])
+            return main(["explain", "--demo", "--topk", "3", "--report"])
         if args.command == "explain":
             return _explain(args)
         if args.command == "layers":
             return _layers(args)
+        if args.command == "report":
+            from camlens.report import write_report
+
+            try:
+                page = write_report(args.run)
+            except ValueError as err:
+                raise _UsageError(str(err)) from err
+            print(page)
+            return 0
     except _UsageError as err:
         print(f"camlens: {err}", file=sys.stderr)
         return 2

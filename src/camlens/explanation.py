@@ -76,6 +76,51 @@ class Explanation:
     def num_targets(self) -> int:
         return int(self.raw.shape[1])
 
+    def boxes(self, threshold: float = 0.2) -> list[list[tuple[int, int, int, int] | None]]:
+        """Per sample and target, the CAM paper's box [x0, y0, x1, y1) in input pixels (see camlens.localize)."""
+        from camlens.localize import box_from_map
+
+        maps = self.maps
+        return [[box_from_map(maps[b, k], threshold) for k in range(maps.shape[1])] for b in range(maps.shape[0])]
+
+    def overlay(self, images: Any, alpha: float = 0.5, cmap: str = "jet") -> list[list[Any]]:
+        """Heatmaps over the photos: one PIL image per sample and target, at each photo's size.
+
+        Args:
+            images: one PIL image (or HxWx3 uint8 array) per sample, e.g. the photos before preprocessing.
+        """
+        from PIL import Image
+
+        from camlens import viz
+
+        images = list(images) if isinstance(images, (list, tuple)) else [images]
+        if len(images) != self.batch_size:
+            raise ValueError(f"overlay needs one image per sample: got {len(images)} for a batch of {self.batch_size}")
+        result = []
+        for b, image in enumerate(images):
+            photo = image if hasattr(image, "convert") else Image.fromarray(image)
+            size = (photo.height, photo.width)
+            up = F.interpolate(self.maps[b : b + 1].float(), size=size, mode="bilinear", align_corners=False)[0]
+            result.append([viz.overlay(photo, up[k].clamp(0, 1).numpy(), alpha, cmap) for k in range(up.shape[0])])
+        return result
+
+    def _repr_png_(self) -> bytes:
+        """Notebooks show an Explanation as a picture: its maps, one row per sample, one column per target."""
+        import io
+
+        from PIL import Image
+
+        from camlens import viz
+
+        tiles = [
+            Image.fromarray(viz.colorize(self.maps[b, k].float().numpy()))
+            for b in range(self.batch_size)
+            for k in range(self.num_targets)
+        ]
+        buffer = io.BytesIO()
+        viz.grid(tiles, columns=self.num_targets).save(buffer, format="PNG")
+        return buffer.getvalue()
+
     def __repr__(self) -> str:
         b, _, h, w = self.raw.shape
         ids = "callable" if self.targets is None else self.targets.tolist()
