@@ -270,3 +270,17 @@ def test_explanation_pictures_in_python() -> None:
     assert png.size[0] > 2 * 224
     with pytest.raises(ValueError, match="one image per sample"):
         exp.overlay([photo, photo])
+
+
+def test_saved_module_and_factory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.nets import GapNet
+
+    saved = tmp_path / "whole.pt"
+    torch.save(GapNet(channels=8, classes=5), saved)
+    photo = _save(tmp_path, "coffee.png", skimage_data.coffee())
+    for spec in (str(saved), "tests.nets:GapNet"):
+        code, out, err = run(capsys, "explain", str(photo), "--model", spec, "--json", "--out", str(tmp_path / "o"))
+        assert code == 0, err
+        assert json.loads(out)["images"][0]["explanations"][0]["layer"] == "features"
+    code, _, err = run(capsys, "explain", str(photo), "--model", "tests.nets:NoSuchNet")
+    assert code == 2 and "not found" in err

@@ -115,6 +115,10 @@ def _explain(args: argparse.Namespace) -> int:
     from camlens import viz, zoo
     from camlens.localize import box_from_map
 
+    try:
+        import matplotlib  # noqa: F401  (colormaps of the pictures)
+    except ImportError as err:
+        raise _UsageError("camlens explain draws pictures with matplotlib: pip install 'camlens[viz]'") from err
     out = Path(args.out)
     paths = [_demo_image(out)] if args.demo else _collect(args.images)
     if not paths:
