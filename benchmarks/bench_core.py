@@ -383,7 +383,7 @@ def markdown(results: dict[str, Any], command: str) -> str:
         ]
         for name, row in results["perturbation"].items():
             sp = ", ".join(f"{v:.1f}x vs {k[11:]}" for k, v in row.items() if k.startswith("speedup_vs_"))
-            diff = ", ".join(f"{v:.1e} vs {k[17:]}" for k, v in row.items() if k.startswith("max_abs_diff_vs_"))
+            diff = ", ".join(f"{v:.1e} vs {k[16:]}" for k, v in row.items() if k.startswith("max_abs_diff_vs_"))
             lines.append(f"| {name} | {row['s']:.2f} | {row['x_floor']:.0f} | {sp} | {diff} |")
         lines.append("")
     return "\n".join(lines)

@@ -131,7 +131,7 @@ def _explain(args: argparse.Namespace) -> int:
     try:
         model = bundle.model.to(args.device)
         cls = camlens.get_method(args.method)
-        method = cls(model, args.layer) if cls.takes_layer else cls(model)
+        method = cls(model, args.layer)
     except (ValueError, TypeError, RuntimeError) as err:
         raise _UsageError(str(err)) from err
     try:
