@@ -40,23 +40,10 @@ import camlens
 from camlens import zoo
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from tests.nets import HeadTap  # noqa: E402  (the peers' view of EfficientNet-Lite0's head)
+
 warnings.filterwarnings("ignore")
-
-
-class HeadTap(nn.Module):
-    """EfficientNet-Lite0 with an identity module on the head's ReLU6 output (the 7x7 map)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-        self.tap = nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        m = self.model
-        x = m._swish(m._bn0(m._conv_stem(x)))
-        x = m._blocks(x)
-        x = self.tap(m._swish(m._bn1(m._conv_head(x))))
-        return m._fc(m._dropout(m._avg_pooling(x).flatten(1)))
 
 
 def build(model_name: str, batch: int) -> tuple[nn.Module, nn.Module, nn.Module, str, torch.Tensor]:

@@ -88,3 +88,23 @@ def inputs(batch: int = 2, size: int = 8, seed: int = 1, dtype: torch.dtype = to
     """A seeded random batch (B, 3, size, size)."""
     g = torch.Generator().manual_seed(seed)
     return torch.randn(batch, 3, size, size, generator=g, dtype=dtype)
+
+
+class HeadTap(nn.Module):
+    """EfficientNet-Lite0 with an identity module on the head's ReLU6 output (the 7x7 map).
+
+    Peers cannot address the second call of the shared ``_swish``; this gives them the same activation
+    behind a module that runs once (same computation, one extra no-op module).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.tap = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.model
+        x = m._swish(m._bn0(m._conv_stem(x)))
+        x = m._blocks(x)
+        x = self.tap(m._swish(m._bn1(m._conv_head(x))))
+        return m._fc(m._dropout(m._avg_pooling(x).flatten(1)))

@@ -155,7 +155,7 @@ def test_gradcampp_real_model_is_eq19_and_peer_is_not() -> None:
     model = zoo.efficientnet_lite0()
     x = zoo.preprocess(skimage_data.chelsea())
     ours = camlens.explain(model, x, method="gradcam++", targets=285)
-    wrapped = _HeadTap(model)  # the same 7x7 ReLU6 output, behind a module that runs once
+    wrapped = nets.HeadTap(model)  # the same 7x7 ReLU6 output, behind a module that runs once
     reference = _gradcampp_eq19(wrapped, wrapped.tap, x, 285)
     torch.testing.assert_close(ours.raw[:, 0].double(), reference, atol=1e-7, rtol=1e-5)
 
@@ -181,22 +181,6 @@ def _squared_gradients(wrapped: torch.nn.Module, x: torch.Tensor, cls: int) -> t
         handle.remove()
     (g,) = torch.autograd.grad(out[:, cls].sum(), store["a"])
     return g.double() ** 2
-
-
-class _HeadTap(torch.nn.Module):
-    """EfficientNet-Lite0 with an identity module on the head's ReLU6 output, so hooks see only that call."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-        self.tap = torch.nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        m = self.model
-        x = m._swish(m._bn0(m._conv_stem(x)))
-        x = m._blocks(x)
-        x = self.tap(m._swish(m._bn1(m._conv_head(x))))
-        return m._fc(m._dropout(m._avg_pooling(x).flatten(1)))
 
 
 def _pgc_lowres(cam, x: torch.Tensor, cls: int) -> np.ndarray:
