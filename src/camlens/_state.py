@@ -20,14 +20,18 @@ class _ModelState:
     training: list[tuple[nn.Module, bool]]
     params: list[tuple[torch.Tensor, bool, torch.Tensor | None]]
     inplace: list[tuple[nn.Module, bool]]
+    buffers: list[tuple[torch.Tensor, torch.Tensor]]
 
     @classmethod
     def capture(cls, model: nn.Module) -> _ModelState:
+        """Snapshot ``model``. Buffers (batch-norm running statistics) are copied only for modules in
+        training mode, the only ones whose forward updates them, so eval-mode calls pay nothing."""
         modules = list(model.modules())
         return cls(
             training=[(m, m.training) for m in modules],
             params=[(p, p.requires_grad, p.grad) for p in model.parameters()],
             inplace=[(m, bool(m.inplace)) for m in modules if isinstance(getattr(m, "inplace", None), bool)],
+            buffers=[(b, b.detach().clone()) for m in modules if m.training for b in m.buffers(recurse=False)],
         )
 
     @property
@@ -46,3 +50,7 @@ class _ModelState:
         for module, inplace in self.inplace:
             if module.inplace != inplace:  # (TorchScript modules refuse writes to their constants)
                 module.inplace = inplace  # type: ignore[assignment]
+        with torch.no_grad():
+            for buffer, saved in self.buffers:
+                if not torch.equal(buffer, saved):
+                    buffer.copy_(saved)

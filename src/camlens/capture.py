@@ -87,9 +87,13 @@ def resolve_layer(model: nn.Module, layer: str | nn.Module | LayerRef) -> LayerR
     if match:
         name, call = match.group("name"), int(match.group("call"))
     modules = dict(model.named_modules())
-    if not name or name not in modules:
+    module = modules.get(name) if name else None
+    if module is None and name:
+        # named_modules() lists a module once; a second attribute name (an alias) still reaches it
+        module = _submodule(model, name)
+    if module is None:
         raise _not_found(model, name)
-    return LayerRef(name, modules[name], call)
+    return LayerRef(name, module, call)
 
 
 @dataclass
@@ -206,6 +210,12 @@ class _Capture:
             return None
         if not isinstance(out, torch.Tensor):
             raise TypeError(f"layer {self.ref} returns {type(out).__name__}, not a tensor; pick a module returning one")
+        if out.dim() != 4:
+            raise ValueError(
+                f"layer {self.ref} returns shape {tuple(out.shape)}; class activation maps need a convolutional "
+                "layer with a (batch, channels, height, width) output: pick one from camlens.layer_names(model) "
+                "or leave layer=None for the last spatial layer"
+            )
         if self.replace is not None:
             self.activation = out
             return self.replace(out)

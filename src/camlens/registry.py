@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
@@ -12,18 +13,26 @@ if TYPE_CHECKING:
 __all__ = ["get_method", "methods", "register"]
 
 _REGISTRY: dict[str, type[CAMMethod]] = {}
+_KEYS: dict[str, str] = {}  # _key(name) -> registered name
 
 M = TypeVar("M", bound="type[CAMMethod]")
+
+
+def _key(name: str) -> str:
+    """The lookup key of a name: lower case, without separators (``Guided_Backprop`` -> ``guidedbackprop``)."""
+    return re.sub(r"[\s_\-]", "", name.strip().lower())
 
 
 def register(name: str) -> Callable[[M], M]:
     """Class decorator: make a method available under ``name``."""
 
     def decorate(cls: M) -> M:
-        if name in _REGISTRY:
-            raise ValueError(f"method name {name!r} is already registered by {_REGISTRY[name].__name__}")
+        clash = _KEYS.get(_key(name))
+        if clash is not None:
+            raise ValueError(f"method name {name!r} is already registered by {_REGISTRY[clash].__name__}")
         cls.name = name
         _REGISTRY[name] = cls
+        _KEYS[_key(name)] = name
         return cls
 
     return decorate
@@ -36,20 +45,21 @@ def methods() -> list[str]:
 
 
 def get_method(name: str) -> type[CAMMethod]:
-    """The method class registered as ``name`` (case-insensitive; ``grad-cam`` == ``gradcam``).
+    """The method class registered as ``name``, ignoring case and separators (``Grad_CAM`` == ``gradcam``).
 
     Raises:
+        TypeError: ``name`` is not a string.
         ValueError: unknown name, with the closest registered names.
     """
+    if not isinstance(name, str):
+        raise TypeError(f"method must be a name (str) such as 'gradcam', got {type(name).__name__}")
     _load()
-    key = name.strip().lower()
-    if key not in _REGISTRY:
-        key = key.replace("-", "").replace("_", "")
-    if key not in _REGISTRY:
-        close = difflib.get_close_matches(key, list(_REGISTRY), n=3, cutoff=0.4)
+    registered = _KEYS.get(_key(name))
+    if registered is None:
+        close = difflib.get_close_matches(name.strip().lower(), list(_REGISTRY), n=3, cutoff=0.4)
         hint = f"closest: {', '.join(close)}; " if close else ""
         raise ValueError(f"unknown method {name!r}; {hint}available: {', '.join(_REGISTRY)}")
-    return _REGISTRY[key]
+    return _REGISTRY[registered]
 
 
 def _load() -> None:

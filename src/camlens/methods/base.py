@@ -72,6 +72,15 @@ def _check_grad_mode(needs_gradients: bool, name: str) -> None:
         )
 
 
+def _warn_training(state: _ModelState) -> None:
+    if state.any_training:
+        warnings.warn(
+            "the model is in training mode: dropout and batch-norm statistics make maps random and "
+            "batch-dependent; call model.eval() first (camlens restores the running statistics it touches)",
+            stacklevel=3,
+        )
+
+
 def _batched_gradients(scores: torch.Tensor, activation: torch.Tensor) -> torch.Tensor:
     """dS[:, k]/dA for every k, in one batched backward: (B, K, C, h, w).
 
@@ -142,12 +151,7 @@ class CAMMethod:
         if self.needs_class_ids and callable(targets) and not isinstance(targets, torch.Tensor):
             raise ValueError(f"{self.name} needs class ids as targets; for a callable target use method='gradcam'")
         state = _ModelState.capture(self.model)
-        if state.any_training:
-            warnings.warn(
-                "the model is in training mode: dropout and batch-norm statistics make maps random and "
-                "batch-dependent; call model.eval() first",
-                stacklevel=2,
-            )
+        _warn_training(state)
         try:
             ref = self.layer_for(x)
             ctx = self._forward(x, ref, targets)

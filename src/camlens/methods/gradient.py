@@ -69,16 +69,21 @@ class GradCAMPlusPlus(_Gradient):
     Where the denominator vanishes (G = 0), a_kij = 0. The test for zero is relative to the size of
     the denominator's own terms, not a fixed epsilon: a fixed eps = 1e-6 swamps G^2 ~ 1e-7 on real
     ImageNet models and turns the method into something else (pytorch-grad-cam's behaviour).
+
+    Half-precision activations are promoted to float32 for the weights: G^3 underflows in float16
+    for |G| < 4e-3, common on real models.
     """
 
     def weights(self, ctx: Context) -> torch.Tensor:
         g = self.grads(ctx)
-        total = ctx.activation.sum((-2, -1))[:, None, :, None, None]
+        work = torch.promote_types(g.dtype, torch.float32)
+        g = g.to(work)
+        total = ctx.activation.to(work).sum((-2, -1))[:, None, :, None, None]
         g2 = g * g
         g3 = g2 * g
         third = total * g3
         alpha = _safe_divide(g2, 2 * g2 + third, 2 * g2 + third.abs())
-        return (alpha * g.clamp(min=0)).sum((-2, -1))
+        return (alpha * g.clamp(min=0)).sum((-2, -1)).to(ctx.activation.dtype)
 
 
 @register("xgradcam")

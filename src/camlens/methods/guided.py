@@ -31,7 +31,7 @@ from torch.overrides import TorchFunctionMode
 
 from camlens._state import _ModelState
 from camlens.explanation import Explanation
-from camlens.methods.base import CAMMethod, _check_grad_mode, _check_inputs, _detach
+from camlens.methods.base import CAMMethod, _check_grad_mode, _check_inputs, _detach, _warn_training
 from camlens.methods.gradient import GradCAM
 from camlens.registry import register
 from camlens.targets import Targets, resolve_targets
@@ -196,6 +196,7 @@ class _Pixel(CAMMethod):
         x = _check_inputs(self.model, inputs)
         _check_grad_mode(True, self.name)
         state = _ModelState.capture(self.model)
+        _warn_training(state)
         found: dict[str, Any] = {}
         try:
             pix, scores, ids, output = self.pixels(x, self._targets(targets, found))
@@ -249,6 +250,7 @@ class GuidedGradCAM(_Pixel):
 
     def __call__(self, inputs: torch.Tensor, targets: Targets = None) -> Explanation:
         x = _check_inputs(self.model, inputs)
+        _check_grad_mode(True, self.name)
         guided = self.guided(x, targets)
         cam = self.gradcam(x, guided.targets if guided.targets is not None else targets)
         up = F.interpolate(cam.raw.clamp(min=0), size=guided.input_size, mode="bilinear", align_corners=False)
