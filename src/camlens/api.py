@@ -10,6 +10,7 @@ from torch import nn
 
 from camlens.capture import LayerRef
 from camlens.explanation import Explanation
+from camlens.methods.base import CAMMethod
 from camlens.registry import get_method
 from camlens.targets import Targets
 
@@ -39,6 +40,12 @@ def explain(
         >>> exp.maps.shape  # (B, 3, H, W)
     """
     cls = get_method(method)
+    check_options(cls, options)
+    return cls(model, layer, **options)(inputs, targets)
+
+
+def check_options(cls: type[CAMMethod], options: dict[str, Any]) -> list[str]:
+    """The option names ``cls`` accepts; a TypeError naming them when ``options`` has another."""
     accepted = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "model", "layer")]
     unknown = sorted(set(options) - set(accepted))
     if unknown:
@@ -46,4 +53,4 @@ def explain(
             f"method {cls.name!r} has no option {', '.join(map(repr, unknown))}; "
             f"its options: {', '.join(accepted) or 'none'}"
         )
-    return cls(model, layer, **options)(inputs, targets)
+    return accepted

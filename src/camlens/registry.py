@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, TypeVar
 if TYPE_CHECKING:
     from camlens.methods.base import CAMMethod
 
-__all__ = ["get_method", "methods", "register"]
+__all__ = ["get_method", "methods", "register", "unregister"]
 
 _REGISTRY: dict[str, type[CAMMethod]] = {}
 _KEYS: dict[str, str] = {}  # _key(name) -> registered name
@@ -36,6 +36,13 @@ def register(name: str) -> Callable[[M], M]:
         return cls
 
     return decorate
+
+
+def unregister(name: str) -> None:
+    """Remove a method registered as ``name`` (for plugins and tests that register temporary methods)."""
+    registered = _KEYS.pop(_key(name), None)
+    if registered is not None:
+        del _REGISTRY[registered]
 
 
 def methods() -> list[str]:
