@@ -50,6 +50,72 @@ def _parser() -> argparse.ArgumentParser:
     _model_args(lay, with_model=False)
     rep = sub.add_parser("report", help="write one static HTML page for a run folder")
     rep.add_argument("run", metavar="RUN_DIR")
+    ev = sub.add_parser(
+        "evaluate",
+        help="score methods on a data set: localisation (CAM paper) and faithfulness metrics, as a table",
+        description="Localisation and faithfulness of explanation methods on a data set with boxes. "
+        "Formats: an ILSVRC-style folder (images + Pascal VOC XML), wsolevaluation metadata "
+        "(image_ids.txt, class_labels.txt, localization.txt), or a CSV (path,class,x0,y0,x1,y1).",
+    )
+    ev.add_argument("dataset", nargs="?", metavar="DATASET", help="folder or file of the data set (format detected)")
+    ev.add_argument("--demo", action="store_true", help="4 scikit-image photos with hand-drawn boxes (built in)")
+    ev.add_argument("--images", help="folder the data set's image paths are relative to (wsol metadata, CSV)")
+    ev.add_argument("--format", default="auto", choices=["auto", "ilsvrc", "wsol", "csv"])
+    ev.add_argument("--labels", help="ILSVRC folder: labels file ('relative/path label' per line)")
+    ev.add_argument("--classes", help="text file: class wnids/names in the model's class order, one per line")
+    _model_args(ev)
+    ev.add_argument(
+        "--method", default="cam,gradcam", help="comma-separated methods compared side by side (default cam,gradcam)"
+    )
+    ev.add_argument("--layer", help="layer name for the layer methods (default: the last spatial layer)")
+    ev.add_argument(
+        "--metrics",
+        default="localization",
+        help="comma-separated: localization, pointing, deletion, insertion, ad, ic, road, sanity "
+        "(default localization)",
+    )
+    ev.add_argument("--topk", type=int, default=5, help="K of the top-K errors (default 5)")
+    ev.add_argument("--threshold", type=float, default=0.2, help="CAM-paper box threshold x max (default 0.2)")
+    ev.add_argument("--steps", type=int, default=20, help="steps of the deletion / insertion curves (default 20)")
+    ev.add_argument("--limit", type=int, help="evaluate only the first N images")
+    ev.add_argument("--examples", type=int, default=6, help="example pictures per method (default 6)")
+    ev.add_argument("--out", default="camlens-eval", help="output folder (default camlens-eval)")
+    ev.add_argument("--batch-size", type=int, default=16)
+    ev.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default 0)")
+    ev.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    gp = sub.add_parser(
+        "gapify",
+        help="CAM paper sec. 3: replace a classifier's head by conv -> global pooling -> linear, and fine-tune it",
+        description="Turn an ordinary classifier (VGG-, ResNet-style, or any model torch.fx can trace) into a "
+        "GAP (or GMP) network CAM applies to, fine-tune the new head on an image folder (root/CLASS/IMAGE), "
+        "and save a checkpoint that `camlens explain --model CHECKPOINT` and `camlens evaluate` load.",
+    )
+    gp.add_argument("--data", required=True, help="training images, one folder per class (ImageFolder layout)")
+    _model_args(gp)
+    gp.add_argument("--pooling", choices=["avg", "max"], default="avg", help="global average (GAP) or max (GMP)")
+    gp.add_argument("--channels", type=int, default=1024, help="units of the added 3x3 conv (paper: 1024; 0: none)")
+    gp.add_argument("--keep-last-pool", action="store_true", help="keep the backbone's last pooling layer")
+    gp.add_argument("--epochs", type=int, default=5)
+    gp.add_argument("--lr", type=float, default=0.01)
+    gp.add_argument("--train-blocks", type=int, default=0, help="also train the last N backbone blocks (-1: all)")
+    gp.add_argument("--batch-size", type=int, default=32)
+    gp.add_argument("--val-fraction", type=float, default=0.1)
+    gp.add_argument("--image-size", type=int, help="training image size (default: the model's)")
+    gp.add_argument("--out", default="camlens-gap.pt", help="checkpoint file (default camlens-gap.pt)")
+    gp.add_argument("--device", default="cpu")
+    gp.add_argument("--seed", type=int, default=0)
+    bench = sub.add_parser("bench", help="built-in benchmarks")
+    bench_sub = bench.add_subparsers(dest="bench")
+    wsol = bench_sub.add_parser(
+        "wsol",
+        help="the CAM paper's Tables 1-2 at our scale: handwritten digits on cluttered canvases, GAP/GMP/FC nets",
+    )
+    wsol.add_argument("--out", default="camlens-wsol", help="output folder (default camlens-wsol)")
+    wsol.add_argument("--seed", type=int, default=0)
+    wsol.add_argument("--train", type=int, default=4000, help="training images (default 4000)")
+    wsol.add_argument("--test", type=int, default=1000, help="test images (default 1000)")
+    wsol.add_argument("--epochs", type=int, default=6)
+    wsol.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     sub.add_parser("methods", help="list the registered methods")
     sub.add_parser("demo", help="same as `camlens explain --demo`")
     return parser
@@ -240,6 +306,137 @@ def _write_image(out, path, image, geometry, exp, i, bundle, probs, args, viz, b
     return record
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    from camlens import datasets
+    from camlens.evaluate import evaluate
+
+    try:
+        import matplotlib  # noqa: F401  (example pictures and curve plots)
+    except ImportError as err:
+        raise _UsageError("camlens evaluate draws pictures with matplotlib: pip install 'camlens[viz]'") from err
+    for flag, value, low in (
+        ("--topk", args.topk, 1),
+        ("--steps", args.steps, 1),
+        ("--batch-size", args.batch_size, 1),
+    ):
+        if value < low:
+            raise _UsageError(f"{flag} must be >= {low}, got {value}")
+    if not 0 < args.threshold <= 1:
+        raise _UsageError(f"--threshold must be in (0, 1], got {args.threshold}")
+    if args.demo == (args.dataset is not None):
+        raise _UsageError(
+            "give a DATASET (folder or file) or --demo, not both" if args.demo else "give a DATASET or --demo"
+        )
+    if args.demo:
+        from camlens.evaluate import demo_dataset
+
+        try:
+            args.dataset = str(demo_dataset(Path(args.out) / "demo-data"))
+        except ValueError as err:
+            raise _UsageError(str(err)) from err
+    try:
+        data = datasets.open_dataset(
+            args.dataset, image_root=args.images, format=args.format, classes=args.classes, labels=args.labels
+        )
+    except (ValueError, OSError) as err:
+        raise _UsageError(str(err)) from err
+    bundle = _bundle(args, args.model)
+    try:
+        result = evaluate(
+            bundle,
+            data,
+            args.method,
+            metrics=args.metrics,
+            layer=args.layer,
+            topk=args.topk,
+            threshold=args.threshold,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            limit=args.limit,
+            out=args.out,
+            examples=args.examples,
+            device=args.device,
+            steps=args.steps,
+        )
+    except (ValueError, TypeError) as err:
+        raise _UsageError(str(err)) from err
+    print(f"{bundle.name} on {args.dataset}: {result.images} images\n")
+    print(result.markdown())
+    print(f"\ncamlens: wrote {', '.join(sorted(set(result.files.values())))}", file=sys.stderr)
+    return 0
+
+
+def _gapify(args: argparse.Namespace) -> int:
+    from camlens import gap
+
+    data = Path(args.data)
+    if not data.is_dir():
+        raise _UsageError(f"{data}: no such folder; --data needs one sub-folder of images per class")
+    for flag, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size)):
+        if value < 1:
+            raise _UsageError(f"{flag} must be >= 1, got {value}")
+    bundle = _bundle(args, args.model)
+    classes = sorted(p.name for p in data.iterdir() if p.is_dir())
+    if not classes:
+        raise _UsageError(f"{data}: no class folders; expected {data}/CLASS_NAME/IMAGE files")
+    size = args.image_size or bundle.size
+    try:
+        net = gap.convert(
+            bundle.model,
+            num_classes=len(classes),
+            pooling=args.pooling,
+            channels=args.channels or None,
+            drop_last_pool=not args.keep_last_pool,
+            input_size=(3, size, size),
+            source=args.model if (args.model.startswith("torchvision:") and not args.weights) else None,
+            seed=args.seed,
+        )
+        history = gap.finetune(
+            net,
+            data,
+            epochs=args.epochs,
+            lr=args.lr,
+            train_blocks=args.train_blocks,
+            batch_size=args.batch_size,
+            val_fraction=args.val_fraction,
+            checkpoint=args.out,
+            device=args.device,
+            seed=args.seed,
+            image_size=size,
+            mean=bundle.mean,
+            std=bundle.std,
+        )
+    except (ValueError, TypeError) as err:
+        raise _UsageError(str(err)) from err
+    for i, epoch in enumerate(history["epoch"]):
+        val = history["val_acc"][i] if history.get("val_acc") else None
+        shown = "" if val is None else f"  val acc {val:.3f}"
+        print(
+            f"epoch {epoch}: train loss {history['train_loss'][i]:.4f}  train acc {history['train_acc'][i]:.3f}{shown}"
+        )
+    print(
+        f"camlens: wrote {Path(args.out).resolve()} ({args.pooling} pooling, {len(classes)} classes)", file=sys.stderr
+    )
+    return 0
+
+
+def _bench_wsol(args: argparse.Namespace) -> int:
+    from camlens import wsol_digits
+
+    for flag, value in (("--train", args.train), ("--test", args.test), ("--epochs", args.epochs)):
+        if value < 1:
+            raise _UsageError(f"{flag} must be >= 1, got {value}")
+    try:
+        results = wsol_digits.run(
+            args.out, seed=args.seed, n_train=args.train, n_test=args.test, epochs=args.epochs, threads=args.threads
+        )
+    except ImportError as err:
+        raise _UsageError(str(err)) from err
+    print((Path(args.out) / "table.md").read_text())
+    print(f"camlens: wrote {Path(args.out).resolve()} ({results.get('elapsed_s', 0):.0f} s)", file=sys.stderr)
+    return 0
+
+
 def _layers(args: argparse.Namespace) -> int:
     import torch
 
@@ -280,6 +477,14 @@ def main(argv: list[str] | None = None) -> int:
             return _explain(args)
         if args.command == "layers":
             return _layers(args)
+        if args.command == "evaluate":
+            return _evaluate(args)
+        if args.command == "gapify":
+            return _gapify(args)
+        if args.command == "bench":
+            if args.bench != "wsol":
+                raise _UsageError("say which benchmark: camlens bench wsol")
+            return _bench_wsol(args)
         if args.command == "report":
             from camlens.report import write_report
 

@@ -257,6 +257,12 @@ def _from_file(path: Path) -> ModelBundle:
             model = torch.load(path, map_location="cpu", weights_only=False)
         except Exception as err:  # pickle raises many types for a bad file
             raise ValueError(f"{path}: neither TorchScript nor a saved nn.Module ({type(err).__name__})") from err
+    if isinstance(model, dict) and str(model.get("format", "")).startswith("camlens.gap/"):
+        from camlens import gap
+
+        net = gap.load_checkpoint(path)
+        size = int(net.config.get("input_size", (3, 224, 224))[-1])
+        return ModelBundle(net, str(path), size=size, classes=list(net.config.get("classes") or []) or None)
     if not isinstance(model, nn.Module):
         raise ValueError(f"{path}: holds a {type(model).__name__}, not a model; for a state dict use --weights")
     return ModelBundle(model.eval(), str(path))

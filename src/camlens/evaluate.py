@@ -1,0 +1,499 @@
+"""Evaluate explanation methods on a data set: the CAM paper's localisation table and faithfulness metrics.
+
+One pass over the data set serves every method and every metric:
+
+* one inference forward per batch gives the predictions (classification top-1 / top-K error);
+* each method explains, in one call per batch, the ground-truth class (localisation, pointing game)
+  and the top-1 predicted class (deletion, insertion, AD/IC, ROAD: faithfulness to the model's own
+  decision), as two targets of one call (camlens computes both gradients in one batched backward);
+* localisation maps are the method's low-resolution map, ReLU'd and bilinearly resized straight to the
+  original image size, as in Choe et al. (CVPR 2020), so boxes are in original-image pixels;
+* images are resized to the model's input size WITHOUT cropping (Choe et al.'s protocol: a crop
+  would cut ground-truth boxes).
+
+The result is an :class:`Evaluation`: one row per method, one column per number, written as CSV,
+Markdown and JSON with example pictures (map, predicted box in red, ground-truth boxes in green).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = ["METRICS", "Evaluation", "demo_dataset", "evaluate"]
+
+# A built-in localisation set: scikit-image's photos, boxed by hand (end-exclusive original pixels) and
+# labelled with the closest ImageNet class (ImageNet has no "motorcycle" or "rocket": moped, missile).
+_DEMO = (
+    ("chelsea", "chelsea", 285, (0, 0, 400, 300)),  # Egyptian cat: the whole head
+    ("coffee", "coffee", 967, (172, 18, 410, 305)),  # espresso: the cup
+    ("rocket", "rocket", 657, (305, 126, 338, 408)),  # missile: the rocket on its pad
+    ("motorcycle", "stereo_motorcycle", 665, (93, 90, 685, 455)),  # moped: the motorcycle
+)
+
+METRICS = ("localization", "pointing", "deletion", "insertion", "ad", "ic", "road", "sanity")
+# metrics that explain the ground-truth class / the predicted class
+_GT_METRICS = {"localization", "pointing"}
+_PRED_METRICS = {"deletion", "insertion", "ad", "ic", "road"}
+
+# column -> (header, lower is better?) in display order; absent columns are left out
+COLUMNS: dict[str, tuple[str, bool | None]] = {
+    "top1_cls_err": ("top-1 cls err %", True),
+    "topk_cls_err": ("top-K cls err %", True),
+    "top1_loc_err": ("top-1 loc err %", True),
+    "topk_loc_err": ("top-K loc err %", True),
+    "gt_known_loc_acc": ("GT-known loc %", False),
+    "maxboxacc": ("MaxBoxAcc %", False),
+    "maxboxacc_v2": ("MaxBoxAccV2 %", False),
+    "pxap": ("PxAP %", False),
+    "pointing_acc": ("pointing %", False),
+    "deletion_auc": ("deletion AUC", True),
+    "insertion_auc": ("insertion AUC", False),
+    "average_drop": ("AD %", True),
+    "increase_in_confidence": ("IC %", False),
+    "road_morf": ("ROAD MoRF", True),
+    "road_lerf": ("ROAD LeRF", False),
+    "road_combined": ("ROAD (LeRF-MoRF)/2", False),
+    "sanity_spearman": ("sanity Spearman", True),
+    "sanity_ssim": ("sanity SSIM", True),
+    "sanity": ("sanity check", None),
+    "seconds_per_image": ("s / image", True),
+}
+
+
+@dataclass
+class Evaluation:
+    """The table of an evaluation: ``rows[method][column]``; see :data:`COLUMNS` for the names."""
+
+    methods: list[str]
+    rows: dict[str, dict[str, Any]]
+    images: int
+    model: str = ""
+    dataset: str = ""
+    files: dict[str, str] = field(default_factory=dict)
+    curves: dict[str, dict[str, Any]] = field(default_factory=dict)
+    topk: int = 5
+
+    def header(self, column: str) -> str:
+        """Display name of a column (``topk_loc_err`` -> ``top-5 loc err %``)."""
+        return COLUMNS[column][0].replace("top-K", f"top-{self.topk}")
+
+    @property
+    def columns(self) -> list[str]:
+        present = {c for row in self.rows.values() for c, v in row.items() if v is not None}
+        return [c for c in COLUMNS if c in present]
+
+    def markdown(self) -> str:
+        """The table as Markdown: methods x numbers; arrows say which direction is better."""
+        cols = self.columns
+        head = ["method"] + [self.header(c) + {True: " ↓", False: " ↑", None: ""}[COLUMNS[c][1]] for c in cols]
+        lines = ["| " + " | ".join(head) + " |", "|---" + "|---:" * len(cols) + "|"]
+        for m in self.methods:
+            cells = [_fmt(self.rows[m].get(c), percent="%" in COLUMNS[c][0]) for c in cols]
+            lines.append("| " + " | ".join([m, *cells]) + " |")
+        return "\n".join(lines)
+
+    def csv(self) -> str:
+        cols = self.columns
+        lines = [",".join(["method", *cols])]
+        for m in self.methods:
+            lines.append(",".join([m] + ["" if self.rows[m].get(c) is None else str(self.rows[m][c]) for c in cols]))
+        return "\n".join(lines) + "\n"
+
+    def write(self, out: str | Path) -> dict[str, str]:
+        """Write ``table.csv``, ``table.md`` and ``results.json`` into ``out``; returns their paths."""
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        paths = {"csv": out / "table.csv", "markdown": out / "table.md", "json": out / "results.json"}
+        paths["csv"].write_text(self.csv())
+        title = f"# camlens evaluate: {self.model} on {self.dataset} ({self.images} images)\n\n"
+        paths["markdown"].write_text(title + self.markdown() + "\n")
+        self.files.update({k: str(v) for k, v in paths.items()})
+        doc = {
+            "model": self.model,
+            "dataset": self.dataset,
+            "images": self.images,
+            "methods": self.methods,
+            "topk": self.topk,
+            "rows": self.rows,
+            "files": self.files,
+        }
+        paths["json"].write_text(json.dumps(doc, indent=1, default=float))
+        return {k: str(v) for k, v in paths.items()}
+
+
+def _fmt(v: Any, percent: bool = False) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return "pass" if v else "**fail**"
+    if isinstance(v, float):
+        return f"{v:.1f}" if percent else f"{v:.3f}"
+    return str(v)
+
+
+def _parse_metrics(metrics: str | Sequence[str]) -> list[str]:
+    names = [m.strip().lower() for m in (metrics.split(",") if isinstance(metrics, str) else metrics) if m.strip()]
+    aliases = {"loc": "localization", "localisation": "localization", "pointing-game": "pointing"}
+    names = [aliases.get(n, n) for n in names]
+    unknown = [n for n in names if n not in METRICS]
+    if unknown:
+        raise ValueError(f"unknown metric {', '.join(map(repr, unknown))}; choose from {', '.join(METRICS)}")
+    if not names:
+        raise ValueError(f"no metric given; choose from {', '.join(METRICS)}")
+    return list(dict.fromkeys(names))
+
+
+def demo_dataset(folder: str | Path) -> Path:
+    """Write the built-in localisation set (4 scikit-image photos, hand-drawn boxes) as PNGs + ``demo.csv``.
+
+    Returns the CSV's path, readable by :func:`camlens.datasets.read_csv`. A smoke test of the
+    pipeline on real photos, not a benchmark: four images say nothing statistically.
+    """
+    try:
+        from skimage import data as photos
+    except ImportError as err:
+        raise ValueError("the demo data set uses scikit-image's photos: pip install scikit-image") from err
+    from PIL import Image
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = ["path,class,x0,y0,x1,y1"]
+    for stem, name, label, box in _DEMO:
+        pixels = getattr(photos, name)()
+        Image.fromarray(pixels[0] if isinstance(pixels, tuple) else pixels).save(folder / f"{stem}.png")
+        lines.append(f"{stem}.png,{label}," + ",".join(map(str, box)))
+    path = folder / "demo.csv"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def evaluate(
+    model: Any,
+    data: Any,
+    methods: str | Sequence[str] = ("gradcam",),
+    *,
+    metrics: str | Sequence[str] = ("localization",),
+    layer: str | None = None,
+    topk: int = 5,
+    threshold: float = 0.2,
+    batch_size: int = 16,
+    workers: int = 0,
+    limit: int | None = None,
+    out: str | Path | None = None,
+    examples: int = 6,
+    device: str | torch.device | None = None,
+    steps: int = 20,
+    sanity_images: int = 2,
+    method_options: dict[str, dict[str, Any]] | None = None,
+    progress: bool = True,
+) -> Evaluation:
+    """Evaluate ``methods`` on ``data`` with ``metrics``; see the module docstring for the protocol.
+
+    Args:
+        model: a :class:`camlens.zoo.ModelBundle` (its input size, normalisation and class names are
+            used) or an ``nn.Module`` taking 224x224 ImageNet-normalised images.
+        data: a :class:`camlens.datasets.LocalizationSet` or a path :func:`camlens.datasets.open_dataset` reads.
+        methods: registered method names (a list or ``"cam,gradcam"``).
+        metrics: among :data:`METRICS`. ``localization``: the CAM paper's classification and
+            localisation errors, GT-known localisation, MaxBoxAcc(V2), PxAP when masks exist;
+            ``pointing``: pointing game; ``deletion``/``insertion``/``ad``/``ic``/``road``: faithfulness
+            of the map of the predicted class; ``sanity``: model-randomisation check on the first
+            ``sanity_images`` images.
+        topk: K of the top-K errors (the CAM paper: 5).
+        threshold: the CAM paper's box threshold, a fraction of the map's maximum.
+        limit: evaluate only the first ``limit`` images.
+        out: folder for the table, example pictures and curve plots (nothing written if ``None``).
+        steps: steps of the deletion / insertion curves.
+        method_options: per method name, options for its constructor (``{"scorecam": {"batch_size": 32}}``).
+
+    Raises:
+        ValueError: unknown method or metric, a data set without labels for localisation metrics.
+    """
+    import camlens
+    from camlens import datasets, zoo
+    from camlens.localize import boxes_from_map
+
+    wanted = _parse_metrics(metrics)
+    names = [m.strip() for m in (methods.split(",") if isinstance(methods, str) else methods) if m.strip()]
+    if not names:
+        raise ValueError(f"no method given; choose from {', '.join(camlens.methods())}")
+    classes = [camlens.get_method(n) for n in names]  # unknown names fail here, before any work
+    bundle = model if isinstance(model, zoo.ModelBundle) else zoo.ModelBundle(model, type(model).__name__)
+    net = bundle.model
+    if device is not None:
+        net = net.to(device)
+    dev = next(net.parameters()).device if any(True for _ in net.parameters()) else torch.device("cpu")
+    if not isinstance(data, datasets.LocalizationSet):
+        data = datasets.open_dataset(data)
+    samples = list(data.samples)[: limit if limit else None]
+    if not samples:
+        raise ValueError("the data set is empty")
+    if topk < 1:
+        raise ValueError(f"topk must be >= 1, got {topk}")
+    options = method_options or {}
+    explainers = {}
+    for name, cls in zip(names, classes):
+        kwargs = options.get(cls.name, options.get(name, {}))
+        explainers[cls.name] = cls(net, layer if cls.takes_layer else None, **kwargs)
+    names = list(explainers)
+
+    need_gt = bool(_GT_METRICS & set(wanted))
+    need_pred = bool(_PRED_METRICS & set(wanted))
+    faith: dict[str, dict[str, list[np.ndarray]]] = {n: {} for n in names}
+    timing = dict.fromkeys(names, 0.0)
+    meters: dict[str, dict[str, Any]] = {}
+    pictures: dict[str, list[Any]] = {n: [] for n in names}
+    outdir = None if out is None else Path(out)
+    subset = datasets.LocalizationSet(samples, data.classes, data.root, data.format)
+    images = datasets.ImageDataset(subset, size=bundle.size, mean=bundle.mean, std=bundle.std)
+    loader = torch.utils.data.DataLoader(
+        images,
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=datasets.collate,
+    )
+    from tqdm.auto import tqdm
+
+    first_batch: tuple[torch.Tensor, torch.Tensor] | None = None
+    bar = tqdm(total=len(samples), desc="camlens evaluate", unit="img", file=sys.stderr, disable=not progress)
+    try:
+        for x, index in loader:
+            x = x.to(dev)
+            batch = [(samples[int(i)], images.original_size(int(i))) for i in index]
+            labels = torch.tensor([s.label for s, _ in batch], device=dev)
+            with torch.inference_mode():
+                logits = net(x)
+            k = min(topk, logits.shape[1])
+            top = logits.topk(k, dim=1).indices.clone()
+            pred = top[:, 0]
+            if not meters:  # K of top-K: at most the number of classes
+                meters.update(_meters(names, k))
+            if first_batch is None:
+                first_batch = (x[:sanity_images].clone(), pred[:sanity_images].clone())
+            if need_gt and bool((labels < 0).any()):
+                raise ValueError("localisation metrics need a class label for every image; this data set has none")
+            columns = ([labels] if need_gt else []) + ([pred] if need_pred else [])
+            if not columns:
+                bar.update(len(batch))
+                continue
+            targets = torch.stack(columns, 1)
+            for name, explainer in explainers.items():
+                start = time.perf_counter()
+                exp = explainer(x, targets)
+                timing[name] += time.perf_counter() - start
+                if need_gt:
+                    _localization_batch(
+                        name, exp, batch, labels, top, meters, pictures, examples, threshold, wanted, boxes_from_map
+                    )
+                if need_pred:
+                    _faithfulness_batch(name, net, x, exp.maps[:, -1], pred, faith[name], wanted, steps)
+            bar.update(len(batch))
+    finally:
+        bar.close()
+
+    rows: dict[str, dict[str, Any]] = {}
+    curves: dict[str, dict[str, Any]] = {}
+    for name in names:
+        row: dict[str, Any] = {}
+        if "localization" in wanted and len(meters[name]["loc"]):
+            k = meters[name]["loc"].topk
+            loc = meters[name]["loc"].compute()
+            loc["topk_cls_err"], loc["topk_loc_err"] = loc[f"top{k}_cls_err"], loc[f"top{k}_loc_err"]
+            row.update({key: v for key, v in loc.items() if key in COLUMNS})
+        if "pointing" in wanted:
+            hits = meters[name]["pointing"]
+            row["pointing_acc"] = 100.0 * float(np.mean(hits)) if hits else None
+        row.update(_faithfulness_summary(faith[name], curves.setdefault(name, {})))
+        row["seconds_per_image"] = timing[name] / len(samples)
+        rows[name] = row
+    if "sanity" in wanted and first_batch is not None:
+        _sanity(names, explainers, net, layer, first_batch, rows, outdir, progress, options)
+    k = next(iter(meters.values()))["loc"].topk if meters else topk
+    result = Evaluation(names, rows, len(samples), bundle.name, str(getattr(data, "root", "")), curves=curves, topk=k)
+    if outdir is not None:
+        result.write(outdir)
+        result.files.update(_write_pictures(outdir, pictures, curves))
+        result.write(outdir)  # again, with the picture paths in results.json
+    return result
+
+
+def _meters(names: list[str], topk: int) -> dict[str, dict[str, Any]]:
+    from camlens.metrics.localization import LocalizationMeter
+
+    return {n: {"loc": LocalizationMeter(topk=topk), "pointing": []} for n in names}
+
+
+def _to_original(raw: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """ReLU of a low-resolution map, bilinearly resized to (H0, W0) and min-max normalised, as float32."""
+    cam = F.interpolate(raw.float().clamp(min=0)[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
+    lo, hi = cam.min(), cam.max()
+    cam = (cam - lo) / (hi - lo) if hi > lo else torch.zeros_like(cam)
+    return cam.cpu().numpy().astype(np.float32)
+
+
+def _localization_batch(name, exp, batch, labels, top, meters, pictures, examples, threshold, wanted, boxes_from_map):
+    from camlens.datasets import load_masks
+    from camlens.metrics.faithfulness import pointing_game
+
+    for b, (sample, (width, height)) in enumerate(batch):
+        cam = _to_original(exp.raw[b, 0], (height, width))
+        mask = ignore = None
+        if sample.masks:
+            mask, ignore = load_masks(sample)
+        if "localization" in wanted and len(sample.boxes):  # (mask-only images: no box metric applies)
+            meters[name]["loc"].add(cam, sample.boxes, int(labels[b]), top[b].tolist(), mask=mask, ignore=ignore)
+        if "pointing" in wanted and len(sample.boxes):
+            meters[name]["pointing"].append(bool(pointing_game(cam[None], [sample.boxes])[0]))
+        if len(pictures[name]) < examples:
+            box = boxes_from_map(cam, threshold=threshold, mode="largest")
+            correct = bool(top[b, 0] == labels[b])
+            pictures[name].append((sample, cam, box, correct))
+
+
+def _faithfulness_batch(name, net, x, maps, pred, store, wanted, steps) -> None:
+    from camlens.metrics import faithfulness as fm
+
+    maps = maps.float()
+    if "deletion" in wanted:
+        curve = fm.deletion_curve(net, x, maps, pred, steps=steps)
+        store.setdefault("deletion", []).append(curve.scores)
+        store.setdefault("deletion_fractions", [curve.fractions])
+        store.setdefault("deletion_auc", []).append(curve.auc)
+    if "insertion" in wanted:
+        curve = fm.insertion_curve(net, x, maps, pred, steps=steps)
+        store.setdefault("insertion", []).append(curve.scores)
+        store.setdefault("insertion_fractions", [curve.fractions])
+        store.setdefault("insertion_auc", []).append(curve.auc)
+    if "ad" in wanted or "ic" in wanted:
+        drop, increase = fm.average_drop_increase(net, x, maps, pred)
+        store.setdefault("average_drop", []).append(np.asarray(drop, dtype=float))
+        store.setdefault("increase_in_confidence", []).append(np.asarray(increase, dtype=float))
+    if "road" in wanted:
+        for order in ("morf", "lerf"):
+            curve = fm.road(net, x, maps, pred, order=order)
+            store.setdefault(f"road_{order}", []).append(curve.scores)
+            store.setdefault(f"road_{order}_fractions", [curve.fractions])
+
+
+def _faithfulness_summary(store: dict[str, list[np.ndarray]], curves: dict[str, Any]) -> dict[str, Any]:
+    row: dict[str, Any] = {}
+    for key in ("deletion_auc", "insertion_auc"):
+        if key in store:
+            row[key] = float(np.concatenate(store[key]).mean())
+    if "average_drop" in store:
+        row["average_drop"] = float(np.concatenate(store["average_drop"]).mean())
+        row["increase_in_confidence"] = 100.0 * float(np.concatenate(store["increase_in_confidence"]).mean())
+    for curve in ("deletion", "insertion", "road_morf", "road_lerf"):
+        if curve in store:
+            mean = np.concatenate(store[curve]).mean(0)
+            fractions = np.asarray(store[f"{curve}_fractions"][0], dtype=float)
+            curves[curve] = {"fractions": fractions.tolist(), "scores": mean.tolist()}
+            if curve.startswith("road"):
+                row[curve] = float(mean.mean())  # mean score over the removal percentages
+    if "road_morf" in row and "road_lerf" in row:
+        # pytorch-grad-cam's ROADCombined: (LeRF - MoRF) / 2, averaged over the percentages
+        row["road_combined"] = (row["road_lerf"] - row["road_morf"]) / 2
+    return row
+
+
+def _sanity(names, explainers, net, layer, first_batch, rows, outdir, progress, options) -> None:
+    from camlens.metrics.sanity import sanity_check
+
+    x, pred = first_batch
+    for name in names:
+        explainer = explainers[name]
+        kwargs = options.get(name, {})
+        res = sanity_check(
+            net,
+            x,
+            method=name,
+            layer=layer if explainer.takes_layer else None,
+            targets=pred,
+            mode="cascading",
+            progress=progress,
+            **kwargs,
+        )
+        rows[name]["sanity_spearman"] = float(np.asarray(res.spearman)[-1].mean())
+        rows[name]["sanity_ssim"] = float(np.asarray(res.ssim)[-1].mean())
+        rows[name]["sanity"] = bool(res.passed())
+        if outdir is not None:
+            res.plot(outdir / f"sanity_{name}.png")
+
+
+def _write_pictures(out: Path, pictures: dict[str, list[Any]], curves: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """Example pictures (map, predicted box red, ground-truth boxes green) and the mean curves."""
+    from PIL import Image
+
+    from camlens import viz
+
+    files: dict[str, str] = {}
+    folder = out / "examples"
+    rows = []
+    for name, items in pictures.items():
+        if not items:
+            continue
+        folder.mkdir(parents=True, exist_ok=True)
+        row = []
+        for sample, cam, box, correct in items:
+            with Image.open(sample.path) as stored:  # stored orientation: the boxes' pixel grid
+                picture = viz.overlay(stored.convert("RGB"), cam)
+            for gt in np.asarray(sample.boxes).reshape(-1, 4):
+                picture = viz.draw_box(picture, [int(np.rint(v)) for v in gt], None, color="#00ff66")
+            label = f"{name} {'top-1 ok' if correct else 'top-1 wrong'}"
+            predicted = [int(v) for v in box[0]] if len(box) else None
+            picture = viz.draw_box(picture, predicted, label, color="#ff3030")
+            row.append(picture.resize((256, max(1, round(256 * picture.height / picture.width)))))
+        path = folder / f"{name}.png"
+        viz.grid(row).save(path)
+        files[f"examples_{name}"] = str(path)
+        rows.append(row)
+    if rows:
+        path = out / "examples.png"
+        viz.grid([p for row in rows for p in row], columns=len(rows[0])).save(path)
+        files["examples"] = str(path)
+    files.update(_plot_curves(out, curves))
+    return files
+
+
+def _plot_curves(out: Path, curves: dict[str, dict[str, Any]]) -> dict[str, str]:
+    kinds = sorted({k for c in curves.values() for k in c})
+    if not kinds:
+        return {}
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = {}
+    titles = {
+        "deletion": "Deletion (lower AUC is better)",
+        "insertion": "Insertion (higher AUC is better)",
+        "road_morf": "ROAD, most relevant first (lower is better)",
+        "road_lerf": "ROAD, least relevant first (higher is better)",
+    }
+    fig, axes = plt.subplots(1, len(kinds), figsize=(4.2 * len(kinds), 3.4), squeeze=False)
+    for ax, kind in zip(axes[0], kinds):
+        for name, c in curves.items():
+            if kind in c:
+                ax.plot(c[kind]["fractions"], c[kind]["scores"], label=name)
+        ax.set_title(titles.get(kind, kind), fontsize=9)
+        ax.set_xlabel("fraction of pixels")
+        ax.set_ylabel("score of the predicted class")
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=8)
+    fig.tight_layout()
+    path = out / "curves.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    files["curves"] = str(path)
+    return files
