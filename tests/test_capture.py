@@ -332,7 +332,9 @@ def test_automatic_choice_on_the_small_nets() -> None:
     ("arch", "size", "expected", "pool"),
     [
         ("resnet18", 64, "layer4", "avgpool"),
-        ("vgg11", 64, "features", "avgpool"),
+        # VGG's ``features`` ends in pool5: the choice is conv5's ReLU before it (the Grad-CAM paper's
+        # last convolutional layer), at twice the resolution of what the classifier reads
+        ("vgg11", 64, "features.19", "features.20"),
         ("mobilenet_v3_small", 64, "features", "avgpool"),
     ],
 )
@@ -348,9 +350,10 @@ def test_automatic_choice_on_torchvision_models(arch: str, size: int, expected: 
     ids = torch.tensor([[5, 9]])
     exp = camlens.explain(model, x, method="gradcam", targets=ids)
     assert exp.layer == expected
-    # the last spatial features: what the classifier's pooling reads (vgg: the 2x2 max-pooled features,
-    # not the 7x7 of its adaptive average pooling, which only resamples them)
-    assert exp.raw.shape[-2:] == _pool_input_hw(model, model.get_submodule(pool), x) == (2, 2)
+    # the last spatial features before pooling: what the pooling module reads (resnet and mobilenet:
+    # their global pooling, 2x2; vgg: pool5, 4x4 - not the 7x7 of its adaptive pooling, a resampling)
+    assert exp.raw.shape[-2:] == _pool_input_hw(model, model.get_submodule(pool), x)
+    assert exp.raw.shape[-2:] == ((4, 4) if arch == "vgg11" else (2, 2))
     a, g = _activation_and_grads(model, x, model.get_submodule(expected), 0, ids)
     _assert_close(exp.raw, _reference("gradcam", a, g), rtol=1e-4)
 

@@ -168,7 +168,8 @@ def test_layer_that_never_runs(x: torch.Tensor) -> None:
         (nets.GapNet, 8, "features", (4, 4)),
         (nets.SharedActNet, 8, "act@1", (4, 4)),
         (lambda: torchvision.models.resnet18(weights=None), 64, "layer4", (2, 2)),
-        (lambda: torchvision.models.vgg11(weights=None), 64, "features", (2, 2)),
+        # VGG's ``features`` ends in pool5: conv5's ReLU before it (Grad-CAM's last conv layer)
+        (lambda: torchvision.models.vgg11(weights=None), 64, "features.19", (4, 4)),
         (lambda: torchvision.models.mobilenet_v3_small(weights=None), 64, "features", (2, 2)),
     ],
 )
@@ -206,3 +207,4 @@ def test_inference_mode_gives_a_clear_error(model: nn.Module, x: torch.Tensor) -
         with pytest.raises(RuntimeError, match="inference_mode"):
             camlens.explain(model, x, method="guided-backprop")
         assert camlens.explain(model, x, method="cam").raw.shape == (2, 1, 4, 4)  # no gradient needed
+

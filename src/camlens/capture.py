@@ -109,13 +109,21 @@ def _trace_calls(model: nn.Module, x: torch.Tensor) -> list[_Call]:
     calls: list[_Call] = []
     counts: dict[int, int] = {}
     handles = []
+    # Outputs of pooling modules, kept alive so their ids stay unique: a container returning one of
+    # them (VGG's ``features`` ends with pool5) is a pooling output too.
+    pooled: dict[int, torch.Tensor] = {}
 
     def make_hook(name: str, module: nn.Module) -> Any:
+        is_pool = "pool" in type(module).__name__.lower()
+
         def hook(mod: nn.Module, args: Any, out: Any) -> None:
             index = counts.get(id(mod), 0)
             counts[id(mod)] = index + 1
             shape = tuple(out.shape) if isinstance(out, torch.Tensor) else None
-            calls.append(_Call(name, index, shape, "pool" in type(module).__name__.lower()))
+            pooling = is_pool or id(out) in pooled
+            if pooling and isinstance(out, torch.Tensor):
+                pooled[id(out)] = out
+            calls.append(_Call(name, index, shape, pooling))
 
         return hook
 
@@ -160,7 +168,8 @@ def find_layer(model: nn.Module, x: torch.Tensor) -> LayerRef:
 
     Among module calls returning the same tensor (``layer4``, ``layer4.1``, ``layer4.1.relu``) the
     outermost returns last, so the most readable name is chosen. Outputs of pooling modules are
-    skipped (VGG's adaptive 7x7 pooling only resamples the features). A module that runs several
+    skipped, also when a container returns them: VGG's ``features`` ends in pool5, so VGG gets
+    conv5's ReLU (``features.29`` on VGG-16, 14x14 at 224), the Grad-CAM paper's last conv layer. A module that runs several
     times is addressed by its call (``_swish@1``).
 
     Raises:

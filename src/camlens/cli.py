@@ -433,7 +433,8 @@ def _bench_wsol(args: argparse.Namespace) -> int:
     except ImportError as err:
         raise _UsageError(str(err)) from err
     print((Path(args.out) / "table.md").read_text())
-    print(f"camlens: wrote {Path(args.out).resolve()} ({results.get('elapsed_s', 0):.0f} s)", file=sys.stderr)
+    seconds = results.get("timing", {}).get("total_wall_s", 0.0)
+    print(f"camlens: wrote {Path(args.out).resolve()} ({seconds:.0f} s)", file=sys.stderr)
     return 0
 
 

@@ -12,7 +12,7 @@ One pass over the data set serves every method and every metric:
   would cut ground-truth boxes).
 
 The result is an :class:`Evaluation`: one row per method, one column per number, written as CSV,
-Markdown and JSON with example pictures (map, predicted box in red, ground-truth boxes in green).
+Markdown and JSON with example pictures (map, ground-truth boxes in red, predicted box in green, as `camlens bench wsol`).
 """
 
 from __future__ import annotations
@@ -431,7 +431,7 @@ def _sanity(names, explainers, net, layer, first_batch, rows, outdir, progress, 
 
 
 def _write_pictures(out: Path, pictures: dict[str, list[Any]], curves: dict[str, dict[str, Any]]) -> dict[str, str]:
-    """Example pictures (map, predicted box red, ground-truth boxes green) and the mean curves."""
+    """Example pictures (map, ground-truth boxes red, predicted box green) and the mean curves."""
     from PIL import Image
 
     from camlens import viz
@@ -448,10 +448,10 @@ def _write_pictures(out: Path, pictures: dict[str, list[Any]], curves: dict[str,
             with Image.open(sample.path) as stored:  # stored orientation: the boxes' pixel grid
                 picture = viz.overlay(stored.convert("RGB"), cam)
             for gt in np.asarray(sample.boxes).reshape(-1, 4):
-                picture = viz.draw_box(picture, [int(np.rint(v)) for v in gt], None, color="#00ff66")
+                picture = viz.draw_box(picture, [int(np.rint(v)) for v in gt], None, color="#ff3333")
             label = f"{name} {'top-1 ok' if correct else 'top-1 wrong'}"
             predicted = [int(v) for v in box[0]] if len(box) else None
-            picture = viz.draw_box(picture, predicted, label, color="#ff3030")
+            picture = viz.draw_box(picture, predicted, label, color="#00ff66")
             row.append(picture.resize((256, max(1, round(256 * picture.height / picture.width)))))
         path = folder / f"{name}.png"
         viz.grid(row).save(path)

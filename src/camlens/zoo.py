@@ -261,8 +261,16 @@ def _from_file(path: Path) -> ModelBundle:
         from camlens import gap
 
         net = gap.load_checkpoint(path)
-        size = int(net.config.get("input_size", (3, 224, 224))[-1])
-        return ModelBundle(net, str(path), size=size, classes=list(net.config.get("classes") or []) or None)
+        config = net.config
+        size = int(config.get("image_size") or config.get("input_size", (3, 224, 224))[-1])
+        return ModelBundle(
+            net,
+            str(path),
+            size=size,
+            mean=tuple(config.get("mean") or IMAGENET_MEAN),
+            std=tuple(config.get("std") or IMAGENET_STD),
+            classes=list(config.get("classes") or []) or None,
+        )
     if not isinstance(model, nn.Module):
         raise ValueError(f"{path}: holds a {type(model).__name__}, not a model; for a state dict use --weights")
     return ModelBundle(model.eval(), str(path))
