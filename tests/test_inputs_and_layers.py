@@ -207,4 +207,3 @@ def test_inference_mode_gives_a_clear_error(model: nn.Module, x: torch.Tensor) -
         with pytest.raises(RuntimeError, match="inference_mode"):
             camlens.explain(model, x, method="guided-backprop")
         assert camlens.explain(model, x, method="cam").raw.shape == (2, 1, 4, 4)  # no gradient needed
-

@@ -169,8 +169,8 @@ def find_layer(model: nn.Module, x: torch.Tensor) -> LayerRef:
     Among module calls returning the same tensor (``layer4``, ``layer4.1``, ``layer4.1.relu``) the
     outermost returns last, so the most readable name is chosen. Outputs of pooling modules are
     skipped, also when a container returns them: VGG's ``features`` ends in pool5, so VGG gets
-    conv5's ReLU (``features.29`` on VGG-16, 14x14 at 224), the Grad-CAM paper's last conv layer. A module that runs several
-    times is addressed by its call (``_swish@1``).
+    conv5's ReLU (``features.29`` on VGG-16, 14x14 at 224), the Grad-CAM paper's last conv layer.
+    A module that runs several times is addressed by its call (``_swish@1``).
 
     Raises:
         ValueError: the model has no 4-D (B, C, h, w) intermediate output.

@@ -12,7 +12,8 @@ One pass over the data set serves every method and every metric:
   would cut ground-truth boxes).
 
 The result is an :class:`Evaluation`: one row per method, one column per number, written as CSV,
-Markdown and JSON with example pictures (map, ground-truth boxes in red, predicted box in green, as `camlens bench wsol`).
+Markdown and JSON with example pictures (map, ground-truth boxes in red, predicted box in green, as
+``camlens bench wsol`` draws them).
 """
 
 from __future__ import annotations
