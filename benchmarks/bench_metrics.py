@@ -25,7 +25,6 @@ Writes benchmarks/results/metrics.json and prints the table.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import json
 import os
@@ -41,6 +40,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from bench_core import cpu_name
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -54,14 +55,6 @@ def _timed(fn: Callable[[], Any]) -> float:
 def _quartiles(values: list[float]) -> tuple[float, float]:
     q = np.percentile(values, [25, 75])
     return float(q[0]), float(q[1])
-
-
-def _cpu_name() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:
@@ -149,7 +142,7 @@ def main() -> None:
         "command": "python benchmarks/bench_metrics.py" + "".join(" " + a for a in sys.argv[1:]),
         "date": dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
         "machine": {
-            "cpu": _cpu_name(),
+            "cpu": cpu_name(),
             "nproc": os.cpu_count(),
             "platform": f"{platform.system()} {platform.machine()}",
             "python": platform.python_version(),

@@ -14,14 +14,7 @@ pytest.importorskip("sklearn")
 
 from camlens import wsol_digits
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():  # type: ignore[no-untyped-def]
-    """One intra-op thread: these small nets gain nothing from more, and the CI cores are shared."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_same_seed_same_data_other_seed_other_data() -> None:
