@@ -69,7 +69,8 @@ def bundle() -> zoo.ModelBundle:
 def test_localization_table_by_hand(tmp_path: Path, bundle: zoo.ModelBundle) -> None:
     csv = _dataset(tmp_path)
     before = {k: v.clone() for k, v in bundle.model.state_dict().items()}
-    result = evaluate(bundle, csv, "cam,gradcam", out=tmp_path / "out", batch_size=2, progress=False)
+    # two DataLoader workers: the images arrive out of the main process, in order
+    result = evaluate(bundle, csv, "cam,gradcam", out=tmp_path / "out", batch_size=2, workers=2, progress=False)
     assert isinstance(result, Evaluation) and result.images == 3
     assert result.topk == 2  # K = 5 asked, the model has 2 classes
     for method in ("cam", "gradcam"):
