@@ -170,3 +170,29 @@ def test_sanity_column_and_plot(tmp_path: Path, bundle: zoo.ModelBundle) -> None
     assert -1 <= row["sanity_spearman"] <= 1 and isinstance(row["sanity"], bool)
     assert (tmp_path / "out" / "sanity_gradcam.png").is_file()
     assert "sanity check" in result.markdown()
+
+
+def test_mask_only_data_set_gives_pxap(tmp_path: Path, bundle: zoo.ModelBundle) -> None:
+    """wsolevaluation's OpenImages format: masks, no boxes. CAM of class 0 is the red channel, which is
+    exactly the mask (the red square), so every threshold separates foreground from background: PxAP 100."""
+    meta, images = tmp_path / "meta", tmp_path / "images"
+    meta.mkdir()
+    images.mkdir()
+    ids, labels, masks = [], [], []
+    for name, ((x0, y0, x1, y1), _) in list(SQUARES.items())[:2]:
+        pixels = np.zeros((32, 32, 3), np.uint8)
+        pixels[y0:y1, x0:x1, 0] = 255
+        Image.fromarray(pixels).save(images / f"{name}.png")
+        Image.fromarray(pixels[:, :, 0]).save(images / f"{name}_mask.png")
+        Image.fromarray(np.zeros((32, 32), np.uint8)).save(images / f"{name}_ignore.png")
+        ids.append(f"{name}.png")
+        labels.append(f"{name}.png,0")
+        masks.append(f"{name}.png,{name}_mask.png,{name}_ignore.png")
+    (meta / "image_ids.txt").write_text("\n".join(ids) + "\n")
+    (meta / "class_labels.txt").write_text("\n".join(labels) + "\n")
+    (meta / "localization.txt").write_text("\n".join(masks) + "\n")
+    from camlens.datasets import read_wsol_metadata
+
+    result = evaluate(bundle, read_wsol_metadata(meta, images), "cam", progress=False)
+    assert result.rows["cam"]["pxap"] == pytest.approx(100.0)
+    assert "top1_loc_err" not in result.rows["cam"]  # no box: no box metric

@@ -555,3 +555,19 @@ def test_pxap_matches_sklearn_when_the_values_are_on_the_grid():
         truth.append(fg.ravel())
     expected = 100 * metrics.average_precision_score(np.concatenate(truth), np.concatenate(scores))
     assert meter.compute()["pxap"] == pytest.approx(expected, abs=1e-9)
+
+
+def test_mask_only_images_count_for_pxap_alone() -> None:
+    # one mask-only image: map [[0.9, 0.1], [0.1, 0.1]] -> min-max [[1, 0], [0, 0]]; foreground = top-left pixel.
+    # Every threshold > 0 selects exactly the foreground: precision 1, recall 1 -> PxAP 100.
+    meter = LocalizationMeter()
+    cam = np.array([[0.9, 0.1], [0.1, 0.1]])
+    mask = np.array([[True, False], [False, False]])
+    meter.add_mask(cam, mask)
+    assert len(meter) == 0 and meter.n_masks == 1
+    assert meter.compute() == {"pxap": pytest.approx(100.0), "n_masks": 1.0}
+    # a boxed image added afterwards brings the box metrics; PxAP still pools both masks
+    meter.add(cam, [[0, 0, 1, 1]], 3, [3, 1, 2, 0, 4], mask=mask)
+    result = meter.compute()
+    assert result["n"] == 1 and result["n_masks"] == 2 and result["pxap"] == pytest.approx(100.0)
+    assert result["top1_loc_err"] == pytest.approx(0.0)

@@ -306,10 +306,12 @@ def evaluate(
     curves: dict[str, dict[str, Any]] = {}
     for name in names:
         row: dict[str, Any] = {}
-        if "localization" in wanted and len(meters[name]["loc"]):
-            k = meters[name]["loc"].topk
-            loc = meters[name]["loc"].compute()
-            loc["topk_cls_err"], loc["topk_loc_err"] = loc[f"top{k}_cls_err"], loc[f"top{k}_loc_err"]
+        meter = meters[name]["loc"]
+        if "localization" in wanted and (len(meter) or meter.n_masks):
+            k = meter.topk
+            loc = meter.compute()
+            if f"top{k}_cls_err" in loc:
+                loc["topk_cls_err"], loc["topk_loc_err"] = loc[f"top{k}_cls_err"], loc[f"top{k}_loc_err"]
             row.update({key: v for key, v in loc.items() if key in COLUMNS})
         if "pointing" in wanted:
             hits = meters[name]["pointing"]
@@ -351,8 +353,10 @@ def _localization_batch(name, exp, batch, labels, top, meters, pictures, example
         mask = ignore = None
         if sample.masks:
             mask, ignore = load_masks(sample)
-        if "localization" in wanted and len(sample.boxes):  # (mask-only images: no box metric applies)
+        if "localization" in wanted and len(sample.boxes):
             meters[name]["loc"].add(cam, sample.boxes, int(labels[b]), top[b].tolist(), mask=mask, ignore=ignore)
+        elif "localization" in wanted and mask is not None:  # mask-only (OpenImages): PxAP only
+            meters[name]["loc"].add_mask(cam, mask, ignore=ignore)
         if "pointing" in wanted and len(sample.boxes):
             meters[name]["pointing"].append(bool(pointing_game(cam[None], [sample.boxes])[0]))
         if len(pictures[name]) < examples:

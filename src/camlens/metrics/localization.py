@@ -434,14 +434,7 @@ class LocalizationMeter:
         self._any_correct += any_iou[None, :] >= np.asarray(self.iou_thresholds)[:, None]
 
         if mask is not None:
-            fg = _check_mask(mask, m.shape, "mask")
-            bg = ~fg
-            if ignore is not None:
-                bg &= ~_check_mask(ignore, m.shape, "ignore")
-            level = np.searchsorted(self._edges, m, side="right")  # number of thresholds <= value
-            self._fg_hist += np.bincount(level[fg], minlength=len(self._edges) + 1)
-            self._bg_hist += np.bincount(level[bg], minlength=len(self._edges) + 1)
-            self._n_masks += 1
+            self._histogram(m, mask, ignore)
         elif ignore is not None:
             raise ValueError("ignore= is only used with mask= (PxAP); give the foreground mask too")
 
@@ -459,6 +452,28 @@ class LocalizationMeter:
             }
         )
         self.n += 1
+
+    @property
+    def n_masks(self) -> int:
+        """Images that contributed a foreground mask (to PxAP)."""
+        return self._n_masks
+
+    def add_mask(self, cam: Any, mask: Any, *, ignore: Any = None) -> None:
+        """Add one image annotated by a mask only (no box, e.g. wsolevaluation's OpenImages): PxAP only.
+
+        Box metrics do not count it; :meth:`compute` reports PxAP over every mask given, here or to :meth:`add`.
+        """
+        self._histogram(_minmax(_as_map(cam)), mask, ignore)
+
+    def _histogram(self, m: np.ndarray, mask: Any, ignore: Any) -> None:
+        fg = _check_mask(mask, m.shape, "mask")
+        bg = ~fg
+        if ignore is not None:
+            bg &= ~_check_mask(ignore, m.shape, "ignore")
+        level = np.searchsorted(self._edges, m, side="right")  # number of thresholds <= value
+        self._fg_hist += np.bincount(level[fg], minlength=len(self._edges) + 1)
+        self._bg_hist += np.bincount(level[bg], minlength=len(self._edges) + 1)
+        self._n_masks += 1
 
     def update(
         self,
@@ -550,7 +565,11 @@ class LocalizationMeter:
         return float(100.0 * np.sum((precision * gain)[predicted > 0]))
 
     def compute(self) -> dict[str, float]:
-        """The metrics so far, in percent (see the class docstring for each definition)."""
+        """The metrics so far, in percent (see the class docstring for each definition).
+
+        With mask-only images alone (:meth:`add_mask`), only ``pxap`` and ``n_masks``."""
+        if self.n == 0 and self._n_masks:
+            return {"pxap": self._pxap(), "n_masks": float(self._n_masks)}
         if self.n == 0:
             raise ValueError("no images added yet: call add() or update() first")
         n, k = self.n, self.topk
