@@ -70,14 +70,14 @@ def test_hand_computed(net: type[nn.Module], method: str) -> None:
 def test_relu6_and_leaky_relu_are_treated() -> None:
     # ReLU6 gate is 0 < h < 6; with h2 = [3, 7] the second unit is clipped, so no gradient passes it
     model = _Modules().eval()
-    model.r2 = nn.ReLU6()
+    model.r2 = nn.ReLU6().eval()
     with torch.no_grad():
         model.c2.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 7.0 / 3.0]]).view(2, 2, 1, 1))
     # h2 = [0, 7] -> r2 = [0, 6]; guided: g_h2 = ReLU([2, -1]) * [0<0<6, 0<7<6] = [0, 0]
     exp = camlens.explain(model, X, method="guided-backprop", targets=lambda out: out[:, 0])
     assert exp.pixels.abs().sum() == 0
     leaky = _Modules().eval()
-    leaky.r1 = nn.LeakyReLU(0.5)
+    leaky.r1 = nn.LeakyReLU(0.5).eval()
     # h1 = [-1, 3]: guided g_h1 = ReLU(g_r1) * [0.5, 1] = [2*0.5, 2] -> g_x = W1^T [1, 2] = [1-2, -1+4] = [-1, 3]
     exp = camlens.explain(leaky, X, method="guided-backprop", targets=lambda out: out[:, 0])
     assert exp.pixels.flatten().tolist() == [-1.0, 3.0]
@@ -85,7 +85,7 @@ def test_relu6_and_leaky_relu_are_treated() -> None:
 
 def test_untreated_activation_warns_with_its_name() -> None:
     model = _Modules().eval()
-    model.r1 = nn.SiLU()
+    model.r1 = nn.SiLU().eval()
     with pytest.warns(UserWarning, match="SiLU"):
         camlens.explain(model, X, method="guided-backprop", targets=lambda out: out[:, 0])
 
