@@ -769,6 +769,17 @@ def _load() -> str:
     return " ".join(f"{v:.1f}" for v in os.getloadavg())
 
 
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on (shared by the benchmark scripts)."""
+    return {
+        "cpu": cpu_name(),
+        "nproc": os.cpu_count(),
+        "platform": f"{platform.system()} {platform.machine()}",
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
+
+
 def cpu_name() -> str:
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -810,14 +821,7 @@ def main() -> None:
     results: dict[str, Any] = {
         "command": "python benchmarks/bench_core.py" + "".join(" " + shlex.quote(a) for a in sys.argv[1:]),
         "date": dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
-        "machine": {
-            "cpu": cpu_name(),
-            "nproc": os.cpu_count(),
-            "platform": f"{platform.system()} {platform.machine()}",
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "load_start": _load(),
-        },
+        "machine": {**machine(), "load_start": _load()},
         "threads": torch.get_num_threads(),
         "versions": versions(),
         "layers": {},

@@ -28,7 +28,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import random
 import statistics
 import sys
@@ -40,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench_core import cpu_name
+from bench_core import machine
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -142,11 +141,7 @@ def main() -> None:
         "command": "python benchmarks/bench_metrics.py" + "".join(" " + a for a in sys.argv[1:]),
         "date": dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
         "machine": {
-            "cpu": cpu_name(),
-            "nproc": os.cpu_count(),
-            "platform": f"{platform.system()} {platform.machine()}",
-            "python": platform.python_version(),
-            "torch": torch.__version__,
+            **machine(),
             "load_start": load_start,
             "load_end": " ".join(f"{v:.1f}" for v in os.getloadavg()),
         },
