@@ -262,6 +262,8 @@ def test_model_is_left_unchanged_and_training_mode_warns() -> None:
     for run in runs:
         with pytest.warns(UserWarning, match="training mode"):
             run()
+        # training-mode forwards move BatchNorm's running statistics; they are restored
+        assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert all(m.training for m in model.modules())  # still in training mode: never switched
 
 

@@ -7,6 +7,8 @@ user code (a callable target, a custom module) cannot leave a trace either.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -54,3 +56,13 @@ class _ModelState:
             for buffer, saved in self.buffers:
                 if not torch.equal(buffer, saved):
                     buffer.copy_(saved)
+
+
+@contextmanager
+def preserved(model: nn.Module) -> Iterator[_ModelState]:
+    """Run a block on ``model`` and hand it back as it was (flags, grads, training-mode buffers)."""
+    state = _ModelState.capture(model)
+    try:
+        yield state
+    finally:
+        state.restore()

@@ -26,8 +26,9 @@ Conventions shared by all of them:
   picks the softmax probability (the papers' choice, default) or the raw logit; a callable's value is
   used as it is.
 * The model is never changed: forwards run under :func:`torch.inference_mode`, no hooks, no
-  ``train()``/``eval()`` switch. A model left in training mode triggers a warning, because BatchNorm
-  and dropout then make every score depend on the batch and on chance.
+  ``train()``/``eval()`` switch, and the batch-norm running statistics a training-mode forward moves
+  are restored afterwards (:mod:`camlens._state`). A model left in training mode triggers a warning,
+  because BatchNorm and dropout then make every score depend on the batch and on chance.
 * Images are perturbed in the model's input space (after normalisation), as RISE's code, torchcam and
   pytorch-grad-cam do: "zeros" is then the dataset's mean colour for ImageNet-normalised inputs.
 """
@@ -44,6 +45,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from camlens._state import preserved
 
 __all__ = [
     "Curve",
@@ -185,7 +188,7 @@ class _Scorer:
             return
         if targets is None:
             tops = []
-            with torch.inference_mode():
+            with torch.inference_mode(), preserved(model):
                 for start in range(0, batch, batch_size):
                     out = model(inputs[start : start + batch_size])
                     _class_scores(out, torch.zeros(out.shape[0], dtype=torch.long), "logit")  # shape check
@@ -240,7 +243,8 @@ def _batched_scores(
 
     total = int(owners.shape[0])
     out = np.empty(total, dtype=np.float64)
-    with torch.inference_mode(), tqdm(total=total, desc=desc, unit="img", disable=not progress) as bar:
+    bar = tqdm(total=total, desc=desc, unit="img", disable=not progress)
+    with torch.inference_mode(), preserved(model), bar:
         for start in range(0, total, batch_size):
             part = slice(start, min(start + batch_size, total))
             values = scorer(model(build(part)), owners[part])
