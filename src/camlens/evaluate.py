@@ -30,6 +30,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from camlens.explanation import normalize_maps
+
 __all__ = ["METRICS", "Evaluation", "demo_dataset", "evaluate"]
 
 # A built-in localisation set: scikit-image's photos, boxed by hand (end-exclusive original pixels) and
@@ -222,7 +224,7 @@ def evaluate(
     """
     import camlens
     from camlens import datasets, zoo
-    from camlens.localize import boxes_from_map
+    from camlens.datasets import load_masks
 
     wanted = _parse_metrics(metrics)
     names = [m.strip() for m in (methods.split(",") if isinstance(methods, str) else methods) if m.strip()]
@@ -233,7 +235,8 @@ def evaluate(
     net = bundle.model
     if device is not None:
         net = net.to(device)
-    dev = next(net.parameters()).device if any(True for _ in net.parameters()) else torch.device("cpu")
+    param = next(net.parameters(), None)
+    dev = param.device if param is not None else torch.device("cpu")
     if not isinstance(data, datasets.LocalizationSet):
         data = datasets.open_dataset(data)
     samples = list(data.samples)[: limit if limit else None]
@@ -253,6 +256,7 @@ def evaluate(
     faith: dict[str, dict[str, list[np.ndarray]]] = {n: {} for n in names}
     timing = dict.fromkeys(names, 0.0)
     meters: dict[str, dict[str, Any]] = {}
+    k = topk  # K of top-K: at most the number of classes, known after the first forward
     pictures: dict[str, list[Any]] = {n: [] for n in names}
     outdir = None if out is None else Path(out)
     subset = datasets.LocalizationSet(samples, data.classes, data.root, data.format)
@@ -270,14 +274,16 @@ def evaluate(
     try:
         for x, index in loader:
             x = x.to(dev)
+            # per image, once for all methods: the sample, its stored (W, H), its masks (PxAP)
             batch = [(samples[int(i)], images.original_size(int(i))) for i in index]
+            masks = [load_masks(s) if need_gt and s.masks else (None, None) for s, _ in batch]
             labels = torch.tensor([s.label for s, _ in batch], device=dev)
             with torch.inference_mode():
                 logits = net(x)
             k = min(topk, logits.shape[1])
             top = logits.topk(k, dim=1).indices.clone()
             pred = top[:, 0]
-            if not meters:  # K of top-K: at most the number of classes
+            if not meters:
                 meters.update(_meters(names, k))
             if first_batch is None:
                 first_batch = (x[:sanity_images].clone(), pred[:sanity_images].clone())
@@ -294,7 +300,7 @@ def evaluate(
                 timing[name] += time.perf_counter() - start
                 if need_gt:
                     _localization_batch(
-                        name, exp, batch, labels, top, meters, pictures, examples, threshold, wanted, boxes_from_map
+                        name, exp, batch, masks, labels, top, meters, pictures, examples, threshold, wanted
                     )
                 if need_pred:
                     _faithfulness_batch(name, net, x, exp.maps[:, -1], pred, faith[name], wanted, steps)
@@ -321,12 +327,10 @@ def evaluate(
         rows[name] = row
     if "sanity" in wanted and first_batch is not None:
         _sanity(names, explainers, net, layer, first_batch, rows, outdir, progress, options)
-    k = next(iter(meters.values()))["loc"].topk if meters else topk
     result = Evaluation(names, rows, len(samples), bundle.name, str(getattr(data, "root", "")), curves=curves, topk=k)
     if outdir is not None:
-        result.write(outdir)
         result.files.update(_write_pictures(outdir, pictures, curves))
-        result.write(outdir)  # again, with the picture paths in results.json
+        result.write(outdir)
     return result
 
 
@@ -337,22 +341,17 @@ def _meters(names: list[str], topk: int) -> dict[str, dict[str, Any]]:
 
 
 def _to_original(raw: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
-    """ReLU of a low-resolution map, bilinearly resized to (H0, W0) and min-max normalised, as float32."""
-    cam = F.interpolate(raw.float().clamp(min=0)[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
-    lo, hi = cam.min(), cam.max()
-    cam = (cam - lo) / (hi - lo) if hi > lo else torch.zeros_like(cam)
-    return cam.cpu().numpy().astype(np.float32)
+    """ReLU of a low-resolution map, bilinearly resized to (H0, W0), normalised as ``Explanation.maps``."""
+    cam = F.interpolate(raw.float().clamp(min=0)[None, None], size=size, mode="bilinear", align_corners=False)
+    return normalize_maps(cam)[0, 0].cpu().numpy()
 
 
-def _localization_batch(name, exp, batch, labels, top, meters, pictures, examples, threshold, wanted, boxes_from_map):
-    from camlens.datasets import load_masks
+def _localization_batch(name, exp, batch, masks, labels, top, meters, pictures, examples, threshold, wanted):
+    from camlens.localize import boxes_from_map
     from camlens.metrics.faithfulness import pointing_game
 
-    for b, (sample, (width, height)) in enumerate(batch):
+    for b, ((sample, (width, height)), (mask, ignore)) in enumerate(zip(batch, masks)):
         cam = _to_original(exp.raw[b, 0], (height, width))
-        mask = ignore = None
-        if sample.masks:
-            mask, ignore = load_masks(sample)
         if "localization" in wanted and len(sample.boxes):
             meters[name]["loc"].add(cam, sample.boxes, int(labels[b]), top[b].tolist(), mask=mask, ignore=ignore)
         elif "localization" in wanted and mask is not None:  # mask-only (OpenImages): PxAP only
