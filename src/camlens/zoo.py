@@ -28,6 +28,7 @@ from camlens._efficientnet_lite import EfficientNetLite0, efficientnet_lite0
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "MAX_PIXELS",
     "EfficientNetLite0",
     "Geometry",
     "ModelBundle",
@@ -77,27 +78,56 @@ class Geometry:
         ]
 
 
-def load_image(path: str | Path) -> Any:
-    """An RGB PIL image from a file, upright (EXIF orientation applied), whatever its mode.
+MAX_PIXELS = 89_478_485
+"""Default pixel budget of :func:`load_image` (PIL's own decompression-bomb limit): about 9459 x 9459."""
 
-    Grayscale, RGBA (composited on white), palette and 16-bit images become 8-bit RGB.
+
+def load_image(path: str | Path, *, max_pixels: int | None = MAX_PIXELS, upright: bool = True) -> Any:
+    """An RGB PIL image from a file, whatever its mode; the one image loader of camlens.
+
+    Grayscale, RGBA (composited on white), palette and 16-bit images become 8-bit RGB. The pixel
+    budget is checked from the file's header, before anything is decoded, so an image that claims
+    60000 x 60000 pixels costs nothing.
+
+    Args:
+        path: the image file (untrusted: its header is checked before decoding).
+        max_pixels: refuse images with more pixels than this (``None``: no limit; default PIL's
+            89.5 megapixels).
+        upright: apply the EXIF orientation (photos as a person sees them). Data sets pass ``False``:
+            their annotations refer to the stored pixel grid.
 
     Raises:
-        ValueError: the file is missing, not an image, or truncated; the message names the path.
+        ValueError: the file is missing, not an image, truncated, or over the pixel budget; the
+            message names the path.
     """
+    import warnings
+
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: no such file")
+    if max_pixels is not None and max_pixels < 1:
+        raise ValueError(f"max_pixels must be >= 1 or None, got {max_pixels}")
     img: Image.Image
     try:
-        with Image.open(path) as opened:
-            opened.load()
-            img = ImageOps.exif_transpose(opened)
+        with warnings.catch_warnings():
+            # our own budget replaces PIL's global one (which we never change): no bomb warning noise
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as opened:
+                width, height = opened.size
+                if max_pixels is not None and width * height > max_pixels:
+                    raise ValueError(
+                        f"{path}: {width} x {height} = {width * height:,} pixels is over the budget of "
+                        f"{max_pixels:,} (raise it with --max-pixels if you trust the file)"
+                    )
+                opened.load()
+                img = ImageOps.exif_transpose(opened) if upright else opened.copy()
+    except Image.DecompressionBombError as err:
+        raise ValueError(f"{path}: {err} (raise the budget with --max-pixels if you trust the file)") from err
     except UnidentifiedImageError as err:
         raise ValueError(f"{path}: not an image file PIL can read") from err
-    except (OSError, SyntaxError) as err:
+    except (OSError, SyntaxError, EOFError) as err:
         raise ValueError(f"{path}: unreadable or truncated image ({err})") from err
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(img, dtype=np.float64)
