@@ -35,12 +35,19 @@ def test_demo_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     x0, y0, x1, y1 = first["box"]
     for px, py in [(170, 110), (320, 130), (265, 230)]:
         assert x0 <= px < x1 and y0 <= py < y1
-    cam = np.load(first["files"]["map"])
-    assert cam.shape == (300, 451) and cam.dtype == np.float32 and cam.min() >= 0 and cam.max() <= 1
-    overlay = Image.open(first["files"]["overlay"])
+    # one name per meaning: the logit is the model's output at the class, the probability its softmax
+    assert first["logit"] > image["explanations"][1]["logit"]
+    assert 0.5 < first["probability"] == image["predictions"][0]["probability"]
+    run_dir = Path(doc["run"])
+    cam = np.load(run_dir / first["files"]["map"])
+    assert cam.shape == (300, 451) and cam.dtype == np.float32 and 0.99 < cam.max() <= 1.0
+    overlay = Image.open(run_dir / first["files"]["overlay"])
     assert overlay.size == (451, 300)
-    assert Image.open(image["grid"]).size[0] > 3 * 451
+    assert Image.open(run_dir / image["grid"]).size[0] == 3 * 451 + 2 * 4  # three overlays, two 4-px gaps
     assert (tmp_path / "results.jsonl").read_text().count("\n") == 1
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["method"] == "gradcam" and manifest["layer"] == "_swish@1" and manifest["finished"]
+    assert Image.open(run_dir / image["photo"]).size == (451, 300)  # the photo travels with the run
 
 
 def _save(tmp_path: Path, name: str, array: np.ndarray, **kwargs: object) -> Path:
@@ -70,13 +77,14 @@ def test_coffee_is_espresso_and_odd_images_work(tmp_path: Path, capsys: pytest.C
         capsys, "explain", *map(str, files), "--json", "--out", str(tmp_path / "out"), "--batch-size", "4"
     )
     assert code == 0, err
-    images = {Path(i["path"]).name: i for i in json.loads(out)["images"]}
+    doc = json.loads(out)
+    images = {Path(i["source"]).name: i for i in doc["images"]}
     assert images["coffee.jpg"]["predictions"][0]["label"] == "espresso"
     assert images["deep.png"]["size"] == [512, 512]
     assert images["tiny.png"]["size"] == [8, 8]
     assert images["large.jpg"]["size"] == [6000, 4000]
     assert images["rotated.jpg"]["size"] == [400, 600]  # upright: EXIF orientation applied
-    assert np.load(images["large.jpg"]["explanations"][0]["files"]["map"]).shape == (4000, 6000)
+    assert np.load(Path(doc["run"]) / images["large.jpg"]["explanations"][0]["files"]["map"]).shape == (4000, 6000)
 
 
 def test_class_by_name_and_method(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -125,9 +133,9 @@ def test_torchscript_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     )
     assert code == 0, err
     first = json.loads(out)["images"][0]["explanations"][0]
-    assert first["label"].startswith("class ") and Path(first["files"]["pixels"]).exists()
+    assert first["label"].startswith("class ") and (Path(out_dir) / first["files"]["pixels"]).exists()
     # layer methods need hooks, which TorchScript forbids: a clear error, not a crash
-    code, _, err = run(capsys, "explain", str(photo), "--model", str(scripted), "--out", out_dir)
+    code, _, err = run(capsys, "explain", str(photo), "--model", str(scripted), "--out", out_dir + "2")
     assert code == 2 and "TorchScript" in err and "saliency" in err
 
 
@@ -185,7 +193,7 @@ def test_bad_files_are_reported_and_skipped(tmp_path: Path, capsys: pytest.Captu
     )
     assert code == 2
     assert "notes.jpg: not an image" in err and "cut.jpg" in err
-    assert [Path(i["path"]).name for i in json.loads(out)["images"]] == ["coffee.png"]
+    assert [Path(i["source"]).name for i in json.loads(out)["images"]] == ["coffee.png"]
     code, _, err = run(capsys, "explain", str(empty))
     assert code == 2 and "no images in this folder" in err
 
@@ -222,15 +230,14 @@ def test_report_renders_every_image_in_headless_chromium(tmp_path: Path, capsys:
     import subprocess
 
     out = tmp_path / "run"
-    assert run(capsys, "explain", "--demo", "--topk", "2", "--out", str(out))[0] == 0
-    photo = str(out / "chelsea.png")
+    photo = _save(tmp_path, "chelsea.png", skimage_data.chelsea())
     code, _, err = run(
-        capsys, "explain", photo, "--method", "guided-gradcam", "--topk", "2", "--out", str(out), "--report"
+        capsys, "explain", str(photo), "--method", "guided-gradcam", "--topk", "2", "--out", str(out), "--report"
     )
     assert code == 0, err
     page = out / "index.html"
     text = page.read_text()
-    assert text.count("<img") == 1 + 2 * 2 + 2  # photo, two methods x two classes, guided pixel images
+    assert text.count("<img") == 1 + 2 + 2  # photo, two classes' overlays, their guided pixel images
     assert "Egyptian cat" in text and "box [" in text
     browser = _chromium()
     if browser is None:
@@ -251,7 +258,7 @@ def test_report_renders_every_image_in_headless_chromium(tmp_path: Path, capsys:
     ).stdout
     match = re.search(r'data-images="(\d+)" data-rendered="(\d+)"', dom)
     assert match is not None, dom[:500]
-    assert match.group(1) == match.group(2) == "7"
+    assert match.group(1) == match.group(2) == "5"
 
 
 def test_explanation_pictures_in_python() -> None:
@@ -278,8 +285,13 @@ def test_saved_module_and_factory(tmp_path: Path, capsys: pytest.CaptureFixture[
     saved = tmp_path / "whole.pt"
     torch.save(GapNet(channels=8, classes=5), saved)
     photo = _save(tmp_path, "coffee.png", skimage_data.coffee())
-    for spec in (str(saved), "tests.nets:GapNet"):
-        code, out, err = run(capsys, "explain", str(photo), "--model", spec, "--json", "--out", str(tmp_path / "o"))
+    # a pickled module runs code when loaded: refused unless the user says they trust the file
+    code, _, err = run(capsys, "explain", str(photo), "--model", str(saved), "--out", str(tmp_path / "refused"))
+    assert code == 2 and "--trust-model-file" in err and len(err.strip().splitlines()) == 1
+    for i, spec in enumerate((str(saved), "tests.nets:GapNet")):
+        extra = ["--trust-model-file"] if i == 0 else []
+        out_dir = str(tmp_path / f"o{i}")
+        code, out, err = run(capsys, "explain", str(photo), "--model", spec, *extra, "--json", "--out", out_dir)
         assert code == 0, err
         assert json.loads(out)["images"][0]["explanations"][0]["layer"] == "features"
     code, _, err = run(capsys, "explain", str(photo), "--model", "tests.nets:NoSuchNet")

@@ -40,10 +40,14 @@ def _parser() -> argparse.ArgumentParser:
     who.add_argument("--class", dest="classes", nargs="+", metavar="ID_OR_NAME", help="classes to explain")
     who.add_argument("--topk", type=int, help="explain the K top predicted classes (and write a grid)")
     ex.add_argument("--threshold", type=float, default=0.2, help="box: pixels above THRESHOLD x max (default 0.2)")
-    ex.add_argument("--out", default="camlens-out", help="output folder (default camlens-out)")
+    ex.add_argument("--out", default="camlens-out", help="output folder, one run per folder (default camlens-out)")
+    ex.add_argument(
+        "--overwrite", action="store_true", help="replace the earlier camlens run in --out (only the files it wrote)"
+    )
     ex.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     ex.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     ex.add_argument("--batch-size", type=int, default=8)
+    _max_pixels_arg(ex)
     ex.add_argument("--report", action="store_true", help="also write OUT/index.html (see `camlens report`)")
     lay = sub.add_parser("layers", help="list the layers a user can pick, marking the default")
     lay.add_argument("model", nargs="?", default="efficientnet_lite0")
@@ -83,6 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int, default=16)
     ev.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default 0)")
     ev.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    _max_pixels_arg(ev)
     gp = sub.add_parser(
         "gapify",
         help="CAM paper sec. 3: replace a classifier's head by conv -> global pooling -> linear, and fine-tune it",
@@ -128,143 +133,414 @@ def _model_args(p: argparse.ArgumentParser, with_model: bool = True) -> None:
             default="efficientnet_lite0",
             help="efficientnet_lite0 (default), torchvision:NAME, a file, pkg.mod:factory",
         )
-    p.add_argument("--weights", help="state-dict file for the model")
+    p.add_argument("--weights", help="state-dict file for the model (loaded with weights_only=True)")
     p.add_argument("--random-weights", action="store_true", help="torchvision models: untrained weights, on purpose")
+    p.add_argument(
+        "--trust-model-file",
+        action="store_true",
+        help="allow a model file that must be unpickled (a saved nn.Module): this runs code from the file",
+    )
+    p.add_argument(
+        "--model-arg",
+        action="append",
+        metavar="KEY=VALUE",
+        help="keyword argument of a package.module:factory model (repeatable; Python literals: depth=50)",
+    )
+
+
+def _max_pixels_arg(p: argparse.ArgumentParser) -> None:
+    from camlens.zoo import MAX_PIXELS
+
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        default=MAX_PIXELS,
+        help=f"skip images with more pixels than this, checked from the header (default {MAX_PIXELS:,})",
+    )
 
 
 def _bundle(args: argparse.Namespace, spec: str) -> Any:
     from camlens import zoo
 
     try:
-        return zoo.load_model(spec, args.weights, args.random_weights)
+        return zoo.load_model(
+            spec,
+            args.weights,
+            args.random_weights,
+            trust=args.trust_model_file,
+            model_args=zoo.parse_model_args(args.model_arg),
+        )
     except (ValueError, ImportError) as err:
         raise _UsageError(str(err)) from err
 
 
-def _collect(paths: list[str]) -> list[Path]:
+def _check_flags(args: argparse.Namespace, *checks: tuple[str, float | None, float, float | None]) -> None:
+    """Range checks: (flag, value, low, high) with inclusive bounds; None skips a value or a bound."""
+    import math
+
+    for flag, value, low, high in checks:
+        if value is None:
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            raise _UsageError(f"{flag} must be a finite number, got {value}")
+        if value < low or (high is not None and value > high):
+            bound = f">= {low:g}" if high is None else f"in [{low:g}, {high:g}]"
+            raise _UsageError(f"{flag} must be {bound}, got {value:g}")
+
+
+def _collect(paths: list[str]) -> list[tuple[Path, Path | None]]:
+    """Image files, each with the folder it was found in (its output name is relative to that root)."""
     from camlens.zoo import IMAGE_SUFFIXES
 
-    found: list[Path] = []
+    found: list[tuple[Path, Path | None]] = []
     for raw in paths:
         p = Path(raw)
         if p.is_dir():
             images = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
             if not images:
                 raise _UsageError(f"{p}: no images in this folder (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
-            found += images
+            found += [(f, p) for f in images]
         elif p.is_file():
-            found.append(p)
+            found.append((p, None))
         else:
             raise _UsageError(f"{p}: no such file or folder")
     return found
 
 
-def _demo_image(out: Path) -> Path:
+def _demo_image(folder: Path) -> Path:
     try:
         from skimage import data
     except ImportError as err:
         raise _UsageError("--demo uses scikit-image's photos: pip install scikit-image") from err
     from PIL import Image
 
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "chelsea.png"
+    path = folder / "chelsea.png"
     Image.fromarray(data.chelsea()).save(path)
     return path
 
 
+_MANIFEST = "manifest.json"
+_RESULTS = "results.jsonl"
+_RUN_FILES = frozenset({_MANIFEST, _RESULTS, "index.html", "manifest.json.tmp"})
+
+
+def _prepare_out(out: Path, overwrite: bool) -> None:
+    """One run = one folder: a new or empty folder, or (with ``overwrite``) an earlier camlens run.
+
+    Replacing an earlier run removes only the files that run wrote (listed in its manifest, or named by
+    its results.jsonl for runs before manifests), each checked to lie inside ``out``; a folder holding
+    anything that is not a camlens run is never touched.
+    """
+    from camlens._paths import inside
+
+    if out.exists() and not out.is_dir():
+        raise _UsageError(f"--out {out}: is a file; give a folder (new or empty)")
+    if out.is_dir() and any(out.iterdir()):
+        manifest, results = out / _MANIFEST, out / _RESULTS
+        if not manifest.is_file() and not results.is_file():
+            raise _UsageError(f"--out {out}: is not empty and holds no camlens run; give a new or empty folder")
+        if not overwrite:
+            what = _describe_run(manifest)
+            raise _UsageError(
+                f"--out {out}: holds an earlier camlens run{what}; pass --overwrite to replace it, or a new --out"
+            )
+        written = _run_files(out)
+        for rel in sorted(written, key=lambda r: -r.count("/")):
+            try:
+                target = inside(out, rel)
+            except ValueError:
+                continue  # a tampered manifest never deletes outside the run
+            if target.is_file() or target.is_symlink():
+                target.unlink()
+        for folder in sorted({str(Path(r).parent) for r in written if "/" in r}, key=lambda r: -r.count("/")):
+            try:
+                target = inside(out, folder)
+            except ValueError:
+                continue
+            if target.is_dir() and not any(target.iterdir()):
+                target.rmdir()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".camlens-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise _UsageError(f"--out {out}: cannot write there ({err.strerror or err})") from err
+
+
+def _is_demo_run(out: Path) -> bool:
+    try:
+        return json.loads((out / _MANIFEST).read_text()).get("demo") is True
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _describe_run(manifest: Path) -> str:
+    try:
+        doc = json.loads(manifest.read_text())
+        return f" ({doc.get('method')} on {doc.get('model')}, started {doc.get('started')})"
+    except (OSError, ValueError, AttributeError):
+        return ""
+
+
+def _run_files(out: Path) -> set[str]:
+    """Relative paths an earlier run wrote: its manifest's list, else the files its records name."""
+    files = set(_RUN_FILES)
+    try:
+        listed = json.loads((out / _MANIFEST).read_text()).get("files", [])
+        files.update(str(f) for f in listed if isinstance(f, str))
+        return files
+    except (OSError, ValueError, AttributeError):
+        pass
+    try:
+        lines = (out / _RESULTS).read_text().splitlines()
+    except OSError:
+        return files
+    for line in lines:
+        try:
+            record = json.loads(line)
+            named = [record.get("grid"), *(f for e in record.get("explanations", []) for f in e["files"].values())]
+        except (ValueError, AttributeError, KeyError, TypeError):
+            continue
+        for f in named:
+            if isinstance(f, str):
+                p = Path(f)
+                rel = p.relative_to(out) if p.is_absolute() or p.parts[: len(out.parts)] == out.parts else p
+                files.add(str(rel))
+    return files
+
+
 def _explain(args: argparse.Namespace) -> int:
-    import numpy as np
+    import tempfile
+
     import torch
     from tqdm.auto import tqdm
 
     import camlens
-    from camlens import viz, zoo
-    from camlens.localize import box_from_map
+    from camlens import zoo
+    from camlens._paths import NameBook
 
     try:
         import matplotlib  # noqa: F401  (colormaps of the pictures)
     except ImportError as err:
         raise _UsageError("camlens explain draws pictures with matplotlib: pip install 'camlens[viz]'") from err
-    out = Path(args.out)
-    paths = [_demo_image(out)] if args.demo else _collect(args.images)
-    if not paths:
+    _check_flags(
+        args,
+        ("--topk", args.topk, 1, None),
+        ("--threshold", args.threshold, 0.0, 1.0),
+        ("--batch-size", args.batch_size, 1, None),
+        ("--max-pixels", args.max_pixels, 1, None),
+    )
+    if args.threshold == 0:
+        raise _UsageError("--threshold must be in (0, 1], got 0")
+    if not args.demo and not args.images:
         raise _UsageError("give images or folders to explain, or --demo")
-    if args.topk is not None and args.topk < 1:
-        raise _UsageError(f"--topk must be >= 1, got {args.topk}")
-    if not 0 < args.threshold <= 1:
-        raise _UsageError(f"--threshold must be in (0, 1], got {args.threshold}")
-    bundle = _bundle(args, args.model)
-    try:
-        model = bundle.model.to(args.device)
-        cls = camlens.get_method(args.method)
-        method = cls(model, args.layer)
-    except (ValueError, TypeError, RuntimeError) as err:
-        raise _UsageError(str(err)) from err
-    try:
-        ids = None if args.classes is None else [bundle.class_id(c) for c in args.classes]
-    except ValueError as err:
-        raise _UsageError(str(err)) from err
-    targets: Any = f"top{args.topk}" if args.topk else ids
-    out.mkdir(parents=True, exist_ok=True)
-    records: list[dict[str, Any]] = []
-    failed = 0
-    stream = (out / "results.jsonl").open("a")  # runs of several methods into one folder add up
-    bar = tqdm(total=len(paths), desc=f"camlens {cls.name}", unit="img", file=sys.stderr, disable=len(paths) < 2)
-    try:
-        for start in range(0, len(paths), args.batch_size):
-            batch = []
-            for path in paths[start : start + args.batch_size]:
+    out = Path(args.out)
+    with tempfile.TemporaryDirectory(prefix="camlens-demo-") as scratch:
+        paths = [(_demo_image(Path(scratch)), None)] if args.demo else _collect(args.images)
+        bundle = _bundle(args, args.model)
+        try:
+            model = bundle.model.to(args.device)
+            cls = camlens.get_method(args.method)
+            method = cls(model, args.layer)
+        except (ValueError, TypeError, RuntimeError) as err:
+            raise _UsageError(str(err)) from err
+        try:
+            ids = None if args.classes is None else [bundle.class_id(c) for c in args.classes]
+        except ValueError as err:
+            raise _UsageError(str(err)) from err
+        targets: Any = f"top{args.topk}" if args.topk else ids
+        # the demo replaces an earlier demo run (nothing of the user's is lost), never another run
+        _prepare_out(out, overwrite=args.overwrite or (args.demo and _is_demo_run(out)))
+        run = _Run(out, args, bundle, cls.name)
+        names = NameBook(reserved=_RUN_FILES)
+        records: list[dict[str, Any]] = []
+        failed = 0
+        bar = tqdm(total=len(paths), desc=f"camlens {cls.name}", unit="img", file=sys.stderr, disable=len(paths) < 2)
+        try:
+            for start in range(0, len(paths), args.batch_size):
+                batch = []
+                for path, root in paths[start : start + args.batch_size]:
+                    try:
+                        image = zoo.load_image(path, max_pixels=args.max_pixels)
+                        x, geometry = zoo.preprocess_with_geometry(image, bundle.size, bundle.mean, bundle.std)
+                        batch.append((path, root, image, x, geometry))
+                    except ValueError as err:
+                        tqdm.write(f"camlens: skipped: {err}", file=sys.stderr)
+                        failed += 1
+                        bar.update(1)
+                if not batch:
+                    continue
+                x = torch.cat([b[3] for b in batch]).to(args.device)
+                per_sample = None if ids is None else [ids] * len(batch)
                 try:
-                    image = zoo.load_image(path)
-                    x, geometry = zoo.preprocess_with_geometry(image, bundle.size, bundle.mean, bundle.std)
-                    batch.append((path, image, x, geometry))
+                    exp = method(x, targets if per_sample is None or args.topk else per_sample)
                 except ValueError as err:
-                    print(f"camlens: {err}", file=sys.stderr)
-                    failed += 1
+                    raise _UsageError(str(err)) from err
+                run.layer = exp.layer
+                probs = exp.output.float().softmax(1) if isinstance(exp.output, torch.Tensor) else None
+                for i, (path, root, image, _, geometry) in enumerate(batch):
+                    name = names.name(path, root)
+                    record = _write_image(run, name, path, image, geometry, exp, i, probs)
+                    for warning in record.get("warnings", []):
+                        tqdm.write(f"camlens: warning: {path}: {warning}", file=sys.stderr)
+                    records.append(record)
+                    run.add(record)
                     bar.update(1)
-            if not batch:
-                continue
-            x = torch.cat([b[2] for b in batch]).to(args.device)
-            per_sample = None if ids is None else [ids] * len(batch)
-            try:
-                exp = method(x, targets if per_sample is None or args.topk else per_sample)
-            except ValueError as err:
-                raise _UsageError(str(err)) from err
-            probs = exp.output.float().softmax(1) if isinstance(exp.output, torch.Tensor) else None
-            for i, (path, image, _, geometry) in enumerate(batch):
-                record = _write_image(out, path, image, geometry, exp, i, bundle, probs, args, viz, box_from_map, np)
-                records.append(record)
-                stream.write(json.dumps(record) + "\n")
-                stream.flush()
-                bar.update(1)
-    finally:
-        bar.close()
-        stream.close()
+        except KeyboardInterrupt:
+            bar.close()
+            run.finish(failed, interrupted=True)
+            print(
+                f"camlens: interrupted after {len(records)} of {len(paths)} image(s); the run in {out.resolve()} "
+                f"holds every finished image (manifest says finished: null)",
+                file=sys.stderr,
+            )
+            return 130
+        finally:
+            bar.close()
+        run.finish(failed)
     if args.report:
         from camlens.report import write_report
 
         page = write_report(out)
         print(f"camlens: report {page.resolve()}", file=sys.stderr)
     if args.json:
-        print(json.dumps({"model": bundle.name, "method": cls.name, "images": records}, indent=1))
+        doc = {"run": str(out.resolve()), "model": bundle.name, "method": cls.name, "images": records}
+        print(json.dumps(doc, indent=1, allow_nan=False))
     else:
         print(f"camlens: wrote {len(records)} explained image(s) to {out.resolve()}", file=sys.stderr)
         for r in records:
             for e in r["explanations"]:
-                print(f"{r['path']}: {e['label']} ({e['score']:.3f}) box {e['box']} -> {e['files']['overlay']}")
+                p = "n/a" if e["probability"] is None else f"{e['probability']:.3f}"
+                print(f"{r['source']}: {e['label']} (p {p}) box {e['box']} -> {out / e['files']['overlay']}")
+    if failed:
+        print(f"camlens: {failed} image(s) skipped (see above)", file=sys.stderr)
     return 2 if failed else 0
 
 
-def _write_image(out, path, image, geometry, exp, i, bundle, probs, args, viz, box_from_map, np) -> dict[str, Any]:
+class _Run:
+    """One run folder: manifest.json (what ran, on what, with which versions) and results.jsonl.
+
+    The manifest is written first with ``finished: null`` and rewritten (atomically) at the end, so a
+    killed run is recognisable; results.jsonl gets one flushed line per finished image, so nothing
+    finished is lost.
+    """
+
+    def __init__(self, out: Path, args: argparse.Namespace, bundle: Any, method: str) -> None:
+        import datetime
+        import platform
+
+        import torch
+
+        from camlens import __version__, zoo
+
+        self.out = out
+        self.args = args
+        self.bundle = bundle
+        self.files: list[str] = [_RESULTS]
+        self.layer: str | None = None
+        model_file = Path(args.model) if Path(args.model).is_file() else None
+        self.doc: dict[str, Any] = {
+            "format": "camlens.run/1",
+            "camlens": __version__,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "command": ["camlens", *sys.argv[1:]] if sys.argv else ["camlens"],
+            "model": bundle.name,
+            "model_sha256": None if model_file is None else zoo.file_sha256(model_file),
+            "weights": args.weights,
+            "weights_sha256": None if args.weights is None else zoo.file_sha256(args.weights),
+            "method": method,
+            "layer": None,
+            "threshold": args.threshold,
+            "demo": bool(args.demo),
+            "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "finished": None,
+            "images": 0,
+            "failed": 0,
+            "files": self.files,
+        }
+        self._write_manifest()
+        self.stream = (out / _RESULTS).open("w")
+
+    def add(self, record: dict[str, Any]) -> None:
+        for e in record["explanations"]:
+            self.files.extend(e["files"].values())
+        if "grid" in record:
+            self.files.append(record["grid"])
+        self.files.append(record["photo"])
+        self.doc["images"] += 1
+        self.stream.write(json.dumps(record, allow_nan=False) + "\n")
+        self.stream.flush()
+
+    def finish(self, failed: int, interrupted: bool = False) -> None:
+        import datetime
+
+        self.stream.close()
+        self.doc["layer"] = self.layer
+        self.doc["failed"] = failed
+        if not interrupted:
+            self.doc["finished"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        self._write_manifest()
+
+    def _write_manifest(self) -> None:
+        tmp = self.out / (_MANIFEST + ".tmp")
+        tmp.write_text(json.dumps(self.doc, indent=1, allow_nan=False))
+        tmp.replace(self.out / _MANIFEST)
+
+
+def _finite(value: float) -> float | None:
+    """A JSON number, or null for NaN/inf (strict JSON readers reject NaN)."""
+    import math
+
+    return round(value, 6) if math.isfinite(value) else None
+
+
+def _write_image(
+    run: _Run,
+    name: str,
+    path: Path,
+    image: Any,
+    geometry: Any,
+    exp: Any,
+    i: int,
+    probs: Any,
+) -> dict[str, Any]:
+    """Write one image's photo copy, overlays, maps (and grid) into ``run.out/name/``; return its record."""
+    import numpy as np
     import torch
 
-    folder = out / path.stem
-    folder.mkdir(parents=True, exist_ok=True)
-    record: dict[str, Any] = {"path": str(path), "size": [image.width, image.height], "explanations": []}
-    if probs is not None:
+    from camlens import viz
+    from camlens._paths import inside
+    from camlens.localize import box_from_map
+
+    out, args, bundle = run.out, run.args, run.bundle
+    folder = inside(out, name)
+    folder.mkdir(exist_ok=True)
+    warnings: list[str] = []
+    if not bool(torch.isfinite(exp.raw[i]).all()) or not bool(torch.isfinite(exp.scores[i]).all()):
+        warnings.append("NaN or inf in the scores or maps (NaN/inf pixels in the input?); they are written as null")
+    photo_rel = f"{name}/photo.jpg"
+    thumb = image.copy()
+    thumb.thumbnail((1024, 1024))
+    thumb.save(inside(out, photo_rel), quality=90)
+    record: dict[str, Any] = {
+        "source": "skimage.data.chelsea()" if args.demo else str(path),
+        "name": name,
+        "size": [image.width, image.height],
+        "photo": photo_rel,
+        "explanations": [],
+    }
+    logits = exp.output if isinstance(exp.output, torch.Tensor) else None
+    if probs is not None and logits is not None:
         top = probs[i].topk(min(5, probs.shape[1]))
         record["predictions"] = [
-            {"class_id": int(c), "label": bundle.label(int(c)), "score": round(float(p), 6)}
+            {
+                "class_id": int(c),
+                "label": bundle.label(int(c)),
+                "logit": _finite(float(logits[i, c])),
+                "probability": _finite(float(p)),
+            }
             for p, c in zip(top.values, top.indices)
         ]
     full = geometry.map_to_original(exp.maps[i])  # (K, H0, W0)
@@ -272,27 +548,30 @@ def _write_image(out, path, image, geometry, exp, i, bundle, probs, args, viz, b
     for k in range(exp.num_targets):
         class_id = None if exp.targets is None else int(exp.targets[i, k])
         label = bundle.label(class_id) if class_id is not None else "target"
-        score = float(probs[i, class_id]) if probs is not None and class_id is not None else float(exp.scores[i, k])
+        probability = float(probs[i, class_id]) if probs is not None and class_id is not None else None
+        logit = float(exp.scores[i, k])
         box_in = box_from_map(exp.maps[i, k], args.threshold)
         box = None if box_in is None else geometry.box_to_original(box_in)
         cam = full[k].numpy().astype(np.float32)
-        stem = f"{path.stem}_{exp.method}_{class_id if class_id is not None else k}"
-        picture = viz.draw_box(viz.overlay(image, cam), box, f"{label} {score:.2f} ({exp.method})")
-        files = {"overlay": str(folder / f"{stem}.png"), "map": str(folder / f"{stem}.npy")}
-        picture.save(files["overlay"])
-        np.save(files["map"], cam)
+        stem = f"{name}/{name}_{exp.method}_{class_id if class_id is not None else k}"
+        shown = f"p {probability:.2f}" if probability is not None else f"logit {logit:.2f}"
+        picture = viz.draw_box(viz.overlay(image, cam), box, f"{label} {shown} ({exp.method})")
+        files = {"overlay": f"{stem}.png", "map": f"{stem}.npy"}
+        picture.save(inside(out, files["overlay"]))
+        np.save(inside(out, files["map"]), cam)
         if exp.pixels is not None:
             pix = torch.nn.functional.interpolate(
                 exp.pixels[i, k][None].float(), size=geometry.original, mode="bilinear"
             )
-            files["pixels"] = str(folder / f"{stem}_pixels.png")
-            viz.pixel_image(pix[0].numpy()).save(files["pixels"])
+            files["pixels"] = f"{stem}_pixels.png"
+            viz.pixel_image(pix[0].numpy()).save(inside(out, files["pixels"]))
         overlays.append(picture)
         record["explanations"].append(
             {
                 "class_id": class_id,
                 "label": label,
-                "score": round(score, 6),
+                "logit": _finite(logit),
+                "probability": None if probability is None else _finite(probability),
                 "method": exp.method,
                 "layer": exp.layer,
                 "box": box,
@@ -300,9 +579,11 @@ def _write_image(out, path, image, geometry, exp, i, bundle, probs, args, viz, b
             }
         )
     if args.topk and len(overlays) > 1:
-        grid_path = folder / f"{path.stem}_{exp.method}_top{len(overlays)}.png"
-        viz.grid(overlays).save(grid_path)
-        record["grid"] = str(grid_path)
+        grid_rel = f"{name}/{name}_{exp.method}_top{len(overlays)}.png"
+        viz.grid(overlays).save(inside(out, grid_rel))
+        record["grid"] = grid_rel
+    if warnings:
+        record["warnings"] = warnings
     return record
 
 

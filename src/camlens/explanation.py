@@ -36,7 +36,10 @@ class Explanation:
         raw: (B, K, h, w) signed, unnormalised maps at the layer's resolution, before the final ReLU
             (so negative and counterfactual evidence is kept and magnitudes compare across classes).
         targets: (B, K) class ids, or ``None`` when the targets were a callable.
-        scores: (B, K) the target scores of the unperturbed forward pass (logits for class ids).
+        scores: (B, K) the target scores of the unperturbed forward pass: for class-id targets the
+            model's raw outputs at those ids (logits, before any softmax), for a callable target its value.
+            Probabilities are :attr:`probabilities`; the CLI, JSON and report name them ``logit`` and
+            ``probability``, never an unnamed "score".
         output: the model's output for the batch, detached.
         method: registry name of the method.
         layer: the layer explained, as ``layer=`` accepts it.
@@ -67,6 +70,13 @@ class Explanation:
             )
             self._maps = normalize_maps(up.view(b, k, *self.input_size))
         return self._maps
+
+    @property
+    def probabilities(self) -> torch.Tensor | None:
+        """(B, K) softmax probabilities of the target classes (``None`` for callable targets or non-tensor outputs)."""
+        if self.targets is None or not isinstance(self.output, torch.Tensor) or self.output.dim() != 2:
+            return None
+        return self.output.float().softmax(1).gather(1, self.targets.to(self.output.device))
 
     @property
     def batch_size(self) -> int:

@@ -13,25 +13,34 @@ import numpy as np
 __all__ = ["colorize", "draw_box", "grid", "overlay", "pixel_image"]
 
 
-def colorize(cam: np.ndarray, cmap: str = "jet") -> np.ndarray:
-    """(H, W) map in [0, 1] -> (H, W, 3) uint8 colours."""
+def _lut(cmap: str) -> np.ndarray:
+    """(256, 3) uint8 colours of a matplotlib colormap, index i for values in [i/256, (i+1)/256)."""
     try:
         from matplotlib import colormaps
     except ImportError as err:
         raise ImportError("pictures need matplotlib: pip install 'camlens[viz]'") from err
-    rgba = colormaps[cmap](np.clip(cam, 0.0, 1.0))
-    return (rgba[..., :3] * 255 + 0.5).astype(np.uint8)
+    colours = colormaps[cmap].resampled(256)(np.arange(256))[:, :3]
+    return (colours * 255 + 0.5).astype(np.uint8)
+
+
+def colorize(cam: np.ndarray, cmap: str = "jet") -> np.ndarray:
+    """(H, W) map in [0, 1] -> (H, W, 3) uint8 colours.
+
+    A 256-entry lookup table indexed by uint8 levels (what matplotlib's 256-colour maps do), so a
+    50-megapixel map costs 200 MB of uint8, not 1.6 GB of float64 RGBA.
+    """
+    levels = np.clip(np.nan_to_num(cam, nan=0.0) * 256.0, 0.0, 255.0).astype(np.uint8)
+    return _lut(cmap)[levels]
 
 
 def overlay(image: Any, cam: np.ndarray, alpha: float = 0.5, cmap: str = "jet") -> Any:
     """The photo with the map's heatmap blended over it (a PIL image of the photo's size)."""
     from PIL import Image
 
-    photo = np.asarray(image.convert("RGB"), dtype=np.float32)
-    if cam.shape != photo.shape[:2]:
-        raise ValueError(f"map {cam.shape} and photo {photo.shape[:2]} differ in size")
-    heat = colorize(cam, cmap).astype(np.float32)
-    return Image.fromarray((photo * (1 - alpha) + heat * alpha + 0.5).astype(np.uint8))
+    photo = image.convert("RGB")
+    if cam.shape != (photo.height, photo.width):
+        raise ValueError(f"map {cam.shape} and photo {(photo.height, photo.width)} differ in size")
+    return Image.blend(photo, Image.fromarray(colorize(cam, cmap)), alpha)
 
 
 def draw_box(image: Any, box: Sequence[int] | None, label: str | None = None, color: str = "#00ff66") -> Any:

@@ -148,7 +148,9 @@ def to_tensor(image: Any) -> torch.Tensor:
     if array.ndim != 3 or array.shape[2] not in (3, 4):
         raise ValueError(f"expected an RGB image of shape (H, W, 3), got {array.shape}")
     scale = 65535.0 if array.dtype == np.uint16 else 255.0 if array.dtype == np.uint8 else 1.0
-    return torch.from_numpy(np.ascontiguousarray(array[..., :3]).astype(np.float32) / scale).permute(2, 0, 1)
+    # one float copy, scaled in place: a 50-megapixel photo costs 600 MB here, not 1.2 GB
+    tensor = torch.from_numpy(np.ascontiguousarray(array[..., :3]).astype(np.float32))
+    return tensor.div_(scale).permute(2, 0, 1)
 
 
 def preprocess(
@@ -203,13 +205,36 @@ BUILTIN = ("efficientnet_lite0",)
 
 
 def load_model(
-    spec: str = "efficientnet_lite0", weights: str | None = None, random_weights: bool = False
+    spec: str = "efficientnet_lite0",
+    weights: str | None = None,
+    random_weights: bool = False,
+    *,
+    trust: bool = False,
+    model_args: dict[str, Any] | None = None,
 ) -> ModelBundle:
     """Load a model by name, torchvision architecture, file or factory. See the module docstring.
 
+    Model files are untrusted input. A state dict (``--weights``) and a camlens GAP checkpoint built
+    from a torchvision source load with ``torch.load(weights_only=True)``, which cannot run code.
+    A TorchScript archive (recognised by its format: a zip holding ``code/`` and ``constants.pkl``)
+    loads without unpickling Python objects. A full pickled module (``torch.save(model)``) or a GAP
+    checkpoint that embeds one can run any code when it is unpickled: it is refused unless
+    ``trust=True`` (CLI ``--trust-model-file``).
+
+    Args:
+        spec: ``efficientnet_lite0``, ``torchvision:NAME``, a model file, or ``package.module:factory``
+            (imported from the current directory first, as ``python -m`` does).
+        weights: a state-dict file for the built-in, torchvision and factory models.
+        random_weights: torchvision models without weights, on purpose.
+        trust: allow unpickling a model file (runs code from the file; only for files you trust).
+        model_args: keyword arguments of a factory (``--model-arg depth=50``).
+
     Raises:
-        ValueError: unknown name (with close names), unreadable file, weights that do not fit.
+        ValueError: unknown name (with close names), unreadable or untrusted file, weights that do not
+            fit, a factory argument missing or unknown; the message names the fix.
     """
+    if model_args and (":" not in spec or spec.startswith("torchvision:") or Path(spec).exists()):
+        raise ValueError("--model-arg applies to a factory model (--model package.module:factory)")
     if spec in BUILTIN:
         model = efficientnet_lite0(weights)
         return ModelBundle(model, spec, classes=imagenet_classes())
@@ -217,9 +242,14 @@ def load_model(
         return _torchvision(spec.split(":", 1)[1], weights, random_weights)
     path = Path(spec)
     if path.suffix in (".pt", ".pth", ".ts", ".pkl") or path.exists():
-        return _from_file(path)
+        if weights is not None:
+            raise ValueError(
+                f"--weights {weights}: a model file holds its own weights; --weights applies to "
+                "efficientnet_lite0, torchvision:NAME and package.module:factory"
+            )
+        return _from_file(path, trust)
     if ":" in spec:
-        return _from_factory(spec, weights)
+        return _from_factory(spec, weights, model_args or {})
     names = [*BUILTIN, "torchvision:resnet50", "torchvision:vgg16"]
     close = difflib.get_close_matches(spec, names, n=3, cutoff=0.5)
     hint = f"closest: {', '.join(close)}; " if close else ""
@@ -227,6 +257,38 @@ def load_model(
         f"unknown model {spec!r}; {hint}use efficientnet_lite0, torchvision:NAME --weights FILE, "
         "a TorchScript or saved-module file, or package.module:factory"
     )
+
+
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file, read in 1 MiB blocks (for run manifests)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def parse_model_args(pairs: list[str] | None) -> dict[str, Any]:
+    """``["depth=50", "name='x'", "pretrained=False"]`` -> keyword arguments (Python literals, else strings).
+
+    Raises:
+        ValueError: an item without ``=`` or with an empty or non-identifier key.
+    """
+    import ast
+
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise ValueError(f"--model-arg {pair!r}: expected KEY=VALUE with KEY a Python name (depth=50)")
+        try:
+            out[key] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            out[key] = value.strip()  # a bare word is a string: --model-arg arch=resnet18
+    return out
 
 
 def _load_state(model: nn.Module, weights: str, name: str) -> None:
@@ -277,20 +339,66 @@ def _num_classes(head: Any) -> int | None:
     return None
 
 
-def _from_file(path: Path) -> ModelBundle:
+def _is_torchscript(path: Path) -> bool:
+    """A TorchScript archive: a zip whose top folder holds ``code/`` and ``constants.pkl``.
+
+    ``torch.save`` writes zips too (``data.pkl`` + ``data/``), but never ``code/``; so the format, not
+    the file name or a failed attempt, decides which loader reads the file.
+    """
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return False
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return False
+    has_code = any(n.split("/")[1:2] == ["code"] for n in names)
+    return has_code and any(n.endswith("/constants.pkl") for n in names)
+
+
+def _untrusted(path: Path, what: str) -> ValueError:
+    return ValueError(
+        f"{path}: {what}; unpickling it can run any code the file holds. Load it only if you trust its "
+        "source: --trust-model-file (Python: zoo.load_model(..., trust=True)); safer: save a state dict "
+        "(torch.save(model.state_dict())) and pass it with --weights to the model's architecture"
+    )
+
+
+def _from_file(path: Path, trust: bool = False) -> ModelBundle:
+    import pickle
+    import warnings
+
     if not path.is_file():
         raise ValueError(f"{path}: no such model file")
-    try:
-        model = torch.jit.load(str(path), map_location="cpu")
-    except RuntimeError:
+    if _is_torchscript(path):
         try:
-            model = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as err:  # pickle raises many types for a bad file
-            raise ValueError(f"{path}: neither TorchScript nor a saved nn.Module ({type(err).__name__})") from err
-    if isinstance(model, dict) and str(model.get("format", "")).startswith("camlens.gap/"):
-        from camlens import gap
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load's deprecation notice
+                scripted = torch.jit.load(str(path), map_location="cpu")
+        except (RuntimeError, ValueError, OSError) as err:
+            raise ValueError(f"{path}: a damaged TorchScript archive ({type(err).__name__})") from err
+        return ModelBundle(scripted.eval(), str(path))
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        # weights_only refuses every global outside torch's allow-list: a pickled module or object
+        if not trust:
+            raise _untrusted(path, "a pickled Python object (a saved nn.Module?), not weights") from err
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as err2:  # a trusted but broken pickle can raise anything
+            raise ValueError(f"{path}: cannot be unpickled ({type(err2).__name__}: {err2})") from err2
+    except (RuntimeError, OSError, EOFError, ValueError, KeyError) as err:
+        raise ValueError(f"{path}: neither a TorchScript archive nor a PyTorch file ({type(err).__name__})") from err
+    from camlens import gap
 
-        net = gap.load_checkpoint(path)
+    if gap.is_checkpoint(obj):
+        try:
+            net = gap.load_checkpoint(path, trust=trust)
+        except (RuntimeError, KeyError, TypeError) as err:
+            raise ValueError(f"{path}: a damaged camlens GAP checkpoint ({type(err).__name__}: {err})") from err
         config = net.config
         size = int(config.get("image_size") or config.get("input_size", (3, 224, 224))[-1])
         return ModelBundle(
@@ -301,20 +409,65 @@ def _from_file(path: Path) -> ModelBundle:
             std=tuple(config.get("std") or IMAGENET_STD),
             classes=list(config.get("classes") or []) or None,
         )
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"{path}: holds a {type(model).__name__}, not a model; for a state dict use --weights")
-    return ModelBundle(model.eval(), str(path))
+    if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ValueError(
+            f"{path}: holds a state dict (weights without an architecture); pass it with --weights to the "
+            "architecture, e.g. --model torchvision:resnet50 --weights FILE"
+        )
+    if not isinstance(obj, nn.Module):
+        raise ValueError(f"{path}: holds a {type(obj).__name__}, not a model; for a state dict use --weights")
+    return ModelBundle(obj.eval(), str(path))
 
 
-def _from_factory(spec: str, weights: str | None) -> ModelBundle:
+def _from_factory(spec: str, weights: str | None, model_args: dict[str, Any]) -> ModelBundle:
+    import inspect
+    import os
+    import sys
+
     module_name, _, attr = spec.partition(":")
+    cwd = os.getcwd()
+    added = "" not in sys.path and cwd not in sys.path
+    if added:  # as `python -m` does: the user's own package beside them
+        sys.path.insert(0, cwd)
     try:
         factory = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as err:
         raise ValueError(f"model factory {spec!r} not found ({err})") from err
-    model = factory()
+    finally:
+        if added and cwd in sys.path:
+            sys.path.remove(cwd)
+    if not callable(factory):
+        raise ValueError(f"{spec} is a {type(factory).__name__}, not a function that builds a model")
+    try:
+        inspect.signature(factory).bind(**model_args)
+    except TypeError as err:
+        missing = _missing_parameter(factory, model_args)
+        if missing is not None:
+            raise ValueError(
+                f"model factory {spec} needs the argument {missing!r}: pass --model-arg {missing}=VALUE"
+            ) from err
+        raise ValueError(f"model factory {spec}: {err}; check the --model-arg names") from err
+    except ValueError:
+        pass  # builtins without a signature: let the call decide
+    try:
+        model = factory(**model_args)
+    except TypeError as err:
+        raise ValueError(f"model factory {spec} failed: {err}; check the --model-arg values") from err
     if not isinstance(model, nn.Module):
         raise ValueError(f"{spec} returned a {type(model).__name__}, not an nn.Module")
     if weights is not None:
         _load_state(model, weights, spec)
     return ModelBundle(model.eval(), spec)
+
+
+def _missing_parameter(factory: Any, given: dict[str, Any]) -> str | None:
+    import inspect
+
+    for p in inspect.signature(factory).parameters.values():
+        if (
+            p.default is inspect.Parameter.empty
+            and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY, p.POSITIONAL_ONLY)
+            and p.name not in given
+        ):
+            return p.name
+    return None
