@@ -400,9 +400,7 @@ def _explain(args: argparse.Namespace) -> int:
             bar.close()
         run.finish(failed)
     if args.report:
-        from camlens.report import write_report
-
-        page = write_report(out)
+        page = _report(out)
         print(f"camlens: report {page.resolve()}", file=sys.stderr)
     if args.json:
         doc = {"run": str(out.resolve()), "model": bundle.name, "method": cls.name, "images": records}
@@ -595,15 +593,22 @@ def _evaluate(args: argparse.Namespace) -> int:
         import matplotlib  # noqa: F401  (example pictures and curve plots)
     except ImportError as err:
         raise _UsageError("camlens evaluate draws pictures with matplotlib: pip install 'camlens[viz]'") from err
-    for flag, value, low in (
-        ("--topk", args.topk, 1),
-        ("--steps", args.steps, 1),
-        ("--batch-size", args.batch_size, 1),
-    ):
-        if value < low:
-            raise _UsageError(f"{flag} must be >= {low}, got {value}")
-    if not 0 < args.threshold <= 1:
-        raise _UsageError(f"--threshold must be in (0, 1], got {args.threshold}")
+    _check_flags(
+        args,
+        ("--topk", args.topk, 1, None),
+        ("--steps", args.steps, 1, None),
+        ("--batch-size", args.batch_size, 1, None),
+        ("--limit", args.limit, 1, None),
+        ("--examples", args.examples, 0, None),
+        ("--workers", args.workers, 0, None),
+        ("--max-pixels", args.max_pixels, 1, None),
+        ("--threshold", args.threshold, 0.0, 1.0),
+    )
+    if args.threshold == 0:
+        raise _UsageError("--threshold must be in (0, 1], got 0")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise _UsageError(f"--out {out}: is a file; give a folder")
     if args.demo == (args.dataset is not None):
         raise _UsageError(
             "give a DATASET (folder or file) or --demo, not both" if args.demo else "give a DATASET or --demo"
@@ -638,6 +643,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             examples=args.examples,
             device=args.device,
             steps=args.steps,
+            max_pixels=args.max_pixels,
         )
     except (ValueError, TypeError) as err:
         raise _UsageError(str(err)) from err
@@ -653,9 +659,18 @@ def _gapify(args: argparse.Namespace) -> int:
     data = Path(args.data)
     if not data.is_dir():
         raise _UsageError(f"{data}: no such folder; --data needs one sub-folder of images per class")
-    for flag, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size)):
-        if value < 1:
-            raise _UsageError(f"{flag} must be >= 1, got {value}")
+    _check_flags(
+        args,
+        ("--epochs", args.epochs, 1, None),
+        ("--batch-size", args.batch_size, 1, None),
+        ("--lr", args.lr, 0.0, None),
+        ("--channels", args.channels, 0, None),
+        ("--train-blocks", args.train_blocks, -1, None),
+        ("--val-fraction", args.val_fraction, 0.0, 0.99),
+        ("--image-size", args.image_size, 1, None),
+    )
+    if args.lr == 0:
+        raise _UsageError("--lr must be > 0, got 0")
     bundle = _bundle(args, args.model)
     classes = sorted(p.name for p in data.iterdir() if p.is_dir())
     if not classes:
@@ -704,9 +719,13 @@ def _gapify(args: argparse.Namespace) -> int:
 def _bench_wsol(args: argparse.Namespace) -> int:
     from camlens import wsol_digits
 
-    for flag, value in (("--train", args.train), ("--test", args.test), ("--epochs", args.epochs)):
-        if value < 1:
-            raise _UsageError(f"{flag} must be >= 1, got {value}")
+    _check_flags(
+        args,
+        ("--train", args.train, 1, None),
+        ("--test", args.test, 1, None),
+        ("--epochs", args.epochs, 1, None),
+        ("--threads", args.threads, 1, None),
+    )
     try:
         results = wsol_digits.run(
             args.out, seed=args.seed, n_train=args.train, n_test=args.test, epochs=args.epochs, threads=args.threads
@@ -717,6 +736,19 @@ def _bench_wsol(args: argparse.Namespace) -> int:
     seconds = results.get("timing", {}).get("total_wall_s", 0.0)
     print(f"camlens: wrote {Path(args.out).resolve()} ({seconds:.0f} s)", file=sys.stderr)
     return 0
+
+
+def _report(run: Path) -> Path:
+    """Write RUN/index.html; each record the page had to skip or not link is one line on stderr."""
+    from camlens.report import build_report
+
+    try:
+        report = build_report(run)
+    except ValueError as err:
+        raise _UsageError(str(err)) from err
+    for problem in report.problems:
+        print(f"camlens: report: {problem}", file=sys.stderr)
+    return report.path
 
 
 def _layers(args: argparse.Namespace) -> int:
@@ -768,18 +800,17 @@ def main(argv: list[str] | None = None) -> int:
                 raise _UsageError("say which benchmark: camlens bench wsol")
             return _bench_wsol(args)
         if args.command == "report":
-            from camlens.report import write_report
-
-            try:
-                page = write_report(args.run)
-            except ValueError as err:
-                raise _UsageError(str(err)) from err
-            print(page)
+            print(_report(Path(args.run)))
             return 0
     except _UsageError as err:
         print(f"camlens: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a full disk, a folder that vanished, a permission: one line, not a traceback
+        where = f"{err.filename}: " if getattr(err, "filename", None) else ""
+        print(f"camlens: {where}{err.strerror or err}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
+        print("camlens: interrupted", file=sys.stderr)
         return 130
     parser.print_help()
     return 0
