@@ -26,6 +26,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from camlens._state import model_lock
+
 __all__ = ["LayerRef", "find_layer", "layer_names", "resolve_layer"]
 
 _CALL = re.compile(r"^(?P<name>.*)@(?P<call>-?\d+)$")
@@ -127,15 +129,16 @@ def _trace_calls(model: nn.Module, x: torch.Tensor) -> list[_Call]:
 
         return hook
 
-    try:
-        for name, module in model.named_modules():
-            if name:
-                handles.append(module.register_forward_hook(make_hook(name, module)))
-        with torch.inference_mode():
-            model(x)
-    finally:
-        for handle in handles:
-            handle.remove()
+    with model_lock(model):  # another thread's forward would add its calls to the trace
+        try:
+            for name, module in model.named_modules():
+                if name:
+                    handles.append(module.register_forward_hook(make_hook(name, module)))
+            with torch.inference_mode():
+                model(x)
+        finally:
+            for handle in handles:
+                handle.remove()
     return calls
 
 
@@ -154,12 +157,13 @@ def count_calls(model: nn.Module, x: torch.Tensor, module: nn.Module) -> int:
         nonlocal count
         count += 1
 
-    handle = module.register_forward_hook(hook)
-    try:
-        with torch.inference_mode():
-            model(x)
-    finally:
-        handle.remove()
+    with model_lock(model):
+        handle = module.register_forward_hook(hook)
+        try:
+            with torch.inference_mode():
+                model(x)
+        finally:
+            handle.remove()
     return count
 
 
@@ -175,6 +179,11 @@ def find_layer(model: nn.Module, x: torch.Tensor) -> LayerRef:
     Raises:
         ValueError: the model has no 4-D (B, C, h, w) intermediate output.
     """
+    with model_lock(model):  # a trace racing another thread's forward would cache a wrong call index
+        return _find_layer(model, x)
+
+
+def _find_layer(model: nn.Module, x: torch.Tensor) -> LayerRef:
     key = tuple(x.shape[1:])
     known = _CHOSEN.get(model, {}).get(key)
     if known is not None and _submodule(model, known.name) is known.module:
@@ -248,13 +257,14 @@ def capture(model: nn.Module, ref: LayerRef, *, grad: bool, replace: Any = None)
     (used to replay the tail of the network on ablated activations).
     """
     state = _Capture(ref, grad, replace)
-    grad_mode = torch.is_grad_enabled()
-    handle = ref.module.register_forward_hook(state.hook)
-    try:
-        yield state
-    finally:
-        handle.remove()
-        torch.set_grad_enabled(grad_mode)
+    with model_lock(model):  # (already held by the method's call: re-entrant, nearly free)
+        grad_mode = torch.is_grad_enabled()
+        handle = ref.module.register_forward_hook(state.hook)
+        try:
+            yield state
+        finally:
+            handle.remove()
+            torch.set_grad_enabled(grad_mode)
 
 
 def check_calls(state: _Capture) -> None:

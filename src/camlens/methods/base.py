@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from camlens._state import _ModelState
+from camlens._state import _ModelState, preserved
 from camlens.capture import LayerRef, capture, check_calls, count_calls, find_layer, resolve_layer
 from camlens.explanation import Explanation
 from camlens.targets import Targets, resolve_targets
@@ -150,14 +150,12 @@ class CAMMethod:
         _check_grad_mode(self.needs_gradients, self.name)
         if self.needs_class_ids and callable(targets) and not isinstance(targets, torch.Tensor):
             raise ValueError(f"{self.name} needs class ids as targets; for a callable target use method='gradcam'")
-        state = _ModelState.capture(self.model)
-        _warn_training(state)
-        try:
+        # one call on a model at a time: hooks on a shared model see every thread's forwards
+        with preserved(self.model) as state:
+            _warn_training(state)
             ref = self.layer_for(x)
             ctx = self._forward(x, ref, targets)
             raw = self.raw_maps(ctx)
-        finally:
-            state.restore()
         return Explanation(
             raw=raw.detach().clone(),
             targets=None if ctx.ids is None else ctx.ids.clone(),

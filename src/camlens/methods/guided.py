@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from camlens._state import _ModelState
+from camlens._state import model_lock, preserved
 from camlens.explanation import Explanation
 from camlens.methods.base import CAMMethod, _check_grad_mode, _check_inputs, _detach, _warn_training
 from camlens.methods.gradient import GradCAM
@@ -195,13 +195,10 @@ class _Pixel(CAMMethod):
     def __call__(self, inputs: torch.Tensor, targets: Targets = None) -> Explanation:
         x = _check_inputs(self.model, inputs)
         _check_grad_mode(True, self.name)
-        state = _ModelState.capture(self.model)
-        _warn_training(state)
         found: dict[str, Any] = {}
-        try:
+        with preserved(self.model) as state:  # also the model's lock: one call on a model at a time
+            _warn_training(state)
             pix, scores, ids, output = self.pixels(x, self._targets(targets, found))
-        finally:
-            state.restore()
         return Explanation(
             raw=pix.abs().amax(2),
             targets=found.get("ids", ids),
@@ -251,8 +248,9 @@ class GuidedGradCAM(_Pixel):
     def __call__(self, inputs: torch.Tensor, targets: Targets = None) -> Explanation:
         x = _check_inputs(self.model, inputs)
         _check_grad_mode(True, self.name)
-        guided = self.guided(x, targets)
-        cam = self.gradcam(x, guided.targets if guided.targets is not None else targets)
+        with model_lock(self.model):  # both halves see the same model, not another thread's call between
+            guided = self.guided(x, targets)
+            cam = self.gradcam(x, guided.targets if guided.targets is not None else targets)
         up = F.interpolate(cam.raw.clamp(min=0), size=guided.input_size, mode="bilinear", align_corners=False)
         assert guided.pixels is not None
         pix = guided.pixels * up[:, :, None]

@@ -27,7 +27,8 @@ Conventions shared by all of them:
   used as it is.
 * The model is never changed: forwards run under :func:`torch.inference_mode`, no hooks, no
   ``train()``/``eval()`` switch, and the batch-norm running statistics a training-mode forward moves
-  are restored afterwards (:mod:`camlens._state`). A model left in training mode triggers a warning,
+  are restored afterwards (:mod:`camlens._state`, whose lock also keeps other threads' camlens calls
+  on the same model out of these forwards). A model left in training mode triggers a warning,
   because BatchNorm and dropout then make every score depend on the batch and on chance.
 * Images are perturbed in the model's input space (after normalisation), as RISE's code, torchcam and
   pytorch-grad-cam do: "zeros" is then the dataset's mean colour for ImageNet-normalised inputs.

@@ -80,6 +80,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from camlens._state import model_lock
 from camlens.capture import LayerRef, resolve_layer
 from camlens.explanation import Explanation
 from camlens.registry import get_method
@@ -536,7 +537,8 @@ def randomized_models(
     if bn == "recalibrate" and inputs is None:
         raise ValueError("bn='recalibrate' re-estimates BatchNorm statistics from inputs: pass inputs= or bn='reset'")
     groups = _normalise_blocks(model, blocks)
-    work = copy.deepcopy(model)
+    with model_lock(model):  # another thread's call may have hooks on the model: copy between calls
+        work = copy.deepcopy(model)
     rand = _Randomizer(work, seed, init, bn)
     x = inputs if inputs is not None else torch.empty(0)
     for group in groups:
@@ -827,7 +829,8 @@ def sanity_check(
 
     groups = _normalise_blocks(model, blocks) if blocks is not None else None
     spec = _layer_name(model, layer)
-    work = copy.deepcopy(model)
+    with model_lock(model):  # another thread's call may have hooks on the model: copy between calls
+        work = copy.deepcopy(model)
 
     def explain(target: Targets, at: Any) -> Explanation:
         return cls(work, at, **options)(inputs, target)
