@@ -38,13 +38,20 @@ def test_gapify_then_explain_with_cam(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "epoch 1:" in out and "epoch 2:" in out
     assert ckpt.is_file()
 
-    bundle = zoo.load_model(str(ckpt))  # the checkpoint is a model spec like any file
+    # a factory model has no torchvision source: the checkpoint embeds the pickled module, so it needs trust
+    image = str(data / "left" / "0.png")
+    assert main(["explain", image, "--model", str(ckpt), "--method", "cam", "--out", str(tmp_path / "refused")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "embeds a pickled module" in err and "--trust-model-file" in err
+
+    bundle = zoo.load_model(str(ckpt), trust=True)  # the checkpoint is a model spec like any file
     assert bundle.size == 8 and bundle.classes == ["left", "right"]
     with torch.no_grad():
         assert bundle.model(torch.zeros(1, 3, 8, 8)).shape == (1, 2)
 
-    code = main(["explain", str(data / "left" / "0.png"), "--model", str(ckpt), "--method", "cam"])
-    code_json = main(["explain", str(data / "left" / "0.png"), "--model", str(ckpt), "--method", "cam", "--json"])
+    trusted = ["--model", str(ckpt), "--method", "cam", "--trust-model-file"]
+    code = main(["explain", image, *trusted, "--out", str(tmp_path / "explained")])
+    code_json = main(["explain", image, *trusted, "--json", "--out", str(tmp_path / "explained-json")])
     captured = capsys.readouterr()
     assert code == 0 and code_json == 0, captured.err
     record = json.loads(captured.out[captured.out.index("{") :])
@@ -58,6 +65,29 @@ def test_gapify_bad_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixt
     (tmp_path / "empty").mkdir()
     assert main(["gapify", "--model", "tests.nets:FcNet", "--data", str(tmp_path / "empty")]) == 2
     assert "class folders" in capsys.readouterr().err
+
+
+def _gapify(data: Path, out: Path, *extra: str) -> list[str]:
+    args = ["gapify", "--model", "tests.nets:FcNet", "--data", str(data), "--image-size", "8", "--channels", "4"]
+    return [*args, "--epochs", "1", "--batch-size", "4", "--out", str(out), *extra]
+
+
+def test_gapify_lr_nan_is_one_line_and_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = _image_folder(tmp_path / "train")
+    assert main(_gapify(data, tmp_path / "gap.pt", "--lr", "nan")) == 2
+    err = capsys.readouterr().err
+    # one line naming the flag and the value (the CLI's own range check or finetune's, whichever comes first)
+    assert err.startswith("camlens: ") and err.count("\n") == 1 and "lr" in err and "nan" in err
+    assert not (tmp_path / "gap.pt").exists()
+
+
+def test_gapify_corrupt_image_is_one_line_naming_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = _image_folder(tmp_path / "train")
+    (data / "right" / "broken.jpg").write_bytes(b"\xff\xd8 not really a JPEG")
+    assert main(_gapify(data, tmp_path / "gap.pt")) == 2
+    err = capsys.readouterr().err
+    assert err == f"camlens: {data / 'right' / 'broken.jpg'}: not an image file PIL can read\n"
+    assert not (tmp_path / "gap.pt").exists()
 
 
 def test_bench_needs_a_name(capsys: pytest.CaptureFixture[str]) -> None:

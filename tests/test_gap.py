@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import copy
+import io
+import math
+import re
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -11,6 +16,7 @@ from torch import nn
 
 import camlens
 from camlens import gap
+from tests import nets
 
 torchvision = pytest.importorskip("torchvision")
 
@@ -187,7 +193,11 @@ def test_finetune_trains_only_the_head_and_the_checkpoint_restores_it(tmp_path) 
     assert changed == {"extra.conv.weight", "extra.conv.bias", "fc.weight", "fc.bias"}
     assert not net.training
 
-    loaded = gap.load_checkpoint(tmp_path / "ck.pt")
+    # no source: the file embeds the pickled module, so loading it needs trust
+    assert gap.checkpoint_needs_trust(tmp_path / "ck.pt")
+    with pytest.raises(ValueError, match="embeds a pickled module"):
+        gap.load_checkpoint(tmp_path / "ck.pt")
+    loaded = gap.load_checkpoint(tmp_path / "ck.pt", trust=True)
     assert loaded.config["classes"] == ["cat", "dog"]
     # the preprocessing the network was trained with travels with it (ImageNet's by default)
     assert loaded.config["image_size"] == 32 and loaded.config["mean"] == pytest.approx([0.485, 0.456, 0.406])
@@ -222,7 +232,8 @@ def test_checkpoint_with_a_source_holds_only_tensors(tmp_path) -> None:  # type:
     gap.save_checkpoint(net, path)
     state = torch.load(path, weights_only=True)  # no pickled code
     assert "module" not in state and state["config"]["source"] == "torchvision:resnet18"
-    loaded = gap.load_checkpoint(path)
+    assert gap.is_checkpoint(state) and not gap.checkpoint_needs_trust(path) and not gap.checkpoint_needs_trust(state)
+    loaded = gap.load_checkpoint(path)  # no trust needed
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(loaded(x), net(x))
@@ -279,3 +290,236 @@ def test_converted_copy_is_independent_of_the_original() -> None:
             p.add_(1.0)
     for (k, v), (_, w) in zip(model.state_dict().items(), original.state_dict().items()):
         assert torch.equal(v, w), k
+
+
+# --- untrusted checkpoints --------------------------------------------------------------------------------
+
+
+class _TouchOnUnpickle:
+    """Unpickling this object calls ``marker.touch()``: a stand-in for code a hostile file would run."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, tuple[Path]]:
+        return (Path.touch, (self.marker,))
+
+
+def test_checkpoint_with_a_pickled_module_is_refused_before_anything_is_unpickled(tmp_path: Path) -> None:
+    marker = tmp_path / "code-ran"
+    module = io.BytesIO()
+    torch.save(_TouchOnUnpickle(marker), module)
+    state = {
+        "format": "camlens.gap/1",
+        "config": {"source": None},
+        "state_dict": {},
+        "classes": [],
+        "history": {},
+        "module": module.getvalue(),
+    }
+    path = tmp_path / "hostile.pt"
+    torch.save(state, path)
+    assert not marker.exists()
+
+    assert gap.checkpoint_needs_trust(path)
+    with pytest.raises(ValueError) as info:
+        gap.load_checkpoint(path)
+    assert str(info.value) == (
+        f"{path}: this GAP checkpoint embeds a pickled module; unpickling runs code from the file. "
+        "Load it only if you trust its source: --trust-model-file (CLI) or trust=True"
+    )
+    assert not marker.exists()  # refused before the module's bytes were unpickled
+
+    # the premise: trusting the file runs its code (Path.touch returns None, which is not a GapNet)
+    with pytest.raises(ValueError, match="the saved module is a NoneType, not a GapNet"):
+        gap.load_checkpoint(path, trust=True)
+    assert marker.exists()
+
+
+def test_checkpoint_whose_source_is_a_factory_needs_trust(tmp_path: Path) -> None:
+    """A source other than torchvision:NAME or a built-in names code to import (or a file to load)."""
+    net = gap.convert(nets.FcNet(), channels=4, input_size=(3, 8, 8), source="tests.nets:FcNet", seed=0)
+    path = tmp_path / "factory.pt"
+    gap.save_checkpoint(net, path)
+    assert "module" not in torch.load(path, weights_only=True)
+    assert gap.checkpoint_needs_trust(path)
+    with pytest.raises(ValueError, match=r"rebuilds its backbone from 'tests\.nets:FcNet'.*trust=True"):
+        gap.load_checkpoint(path)
+    loaded = gap.load_checkpoint(path, trust=True)
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), net(x))
+
+
+def test_is_checkpoint_and_newer_formats(tmp_path: Path) -> None:
+    assert gap.is_checkpoint({"format": "camlens.gap/1"})
+    assert not gap.is_checkpoint({"format": "something/1"})
+    assert not gap.is_checkpoint({"weights": torch.zeros(1)})
+    assert not gap.is_checkpoint(torch.zeros(1))
+    assert not gap.is_checkpoint(None)
+    torch.save({"format": "camlens.gap/2", "config": {}, "state_dict": {}}, tmp_path / "new.pt")
+    assert gap.is_checkpoint(torch.load(tmp_path / "new.pt", weights_only=True))
+    with pytest.raises(ValueError, match=re.escape("'camlens.gap/2' checkpoint; this camlens reads 'camlens.gap/1'")):
+        gap.load_checkpoint(tmp_path / "new.pt")
+    with pytest.raises(ValueError, match="not a camlens GAP checkpoint"):
+        gap.checkpoint_needs_trust({"weights": torch.zeros(1)})
+
+
+# --- argument ranges ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"lr": math.nan}, "lr must be a finite number > 0, got nan; try 0.01 for SGD, 0.001 for Adam"),
+        ({"lr": math.inf}, "lr must be a finite number > 0, got inf; try 0.01 for SGD, 0.001 for Adam"),
+        ({"lr": 0.0}, "lr must be a finite number > 0, got 0.0; try 0.01 for SGD, 0.001 for Adam"),
+        ({"lr": -0.1}, "lr must be a finite number > 0, got -0.1; try 0.01 for SGD, 0.001 for Adam"),
+        ({"lr": "0.1"}, "lr must be a finite number > 0, got '0.1'; try 0.01 for SGD, 0.001 for Adam"),
+        ({"lr": 1e300}, "lr 1e+300 is over the largest torch.float32 of the network's weights; try 0.01 for SGD"),
+        ({"epochs": 0}, "epochs must be an int >= 1 (passes over the training split), got 0"),
+        ({"epochs": 1.5}, "epochs must be an int >= 1 (passes over the training split), got 1.5"),
+        ({"batch_size": 0}, "batch_size must be an int >= 1 (images per step), got 0"),
+        ({"val_fraction": 1.0}, "val_fraction must be in [0, 1) (the share held out; 0 for none), got 1.0"),
+        ({"val_fraction": -0.1}, "val_fraction must be in [0, 1) (the share held out; 0 for none), got -0.1"),
+        ({"val_fraction": math.nan}, "val_fraction must be in [0, 1) (the share held out; 0 for none), got nan"),
+        ({"train_blocks": -2}, "train_blocks must be an int >= -1 (-1: the whole backbone, 0: the head only), got -2"),
+        ({"train_blocks": 2}, "train_blocks must be -1 (all) or 0..1 (the backbone has 1 block), got 2"),
+        ({"image_size": 0}, "image_size must be an int >= 1 (pixels of the square training input) or None, got 0"),
+        ({"weight_decay": math.nan}, "weight_decay must be a finite number >= 0, got nan"),
+        ({"std": (0.2, 0.0, 0.2)}, "std must be 3 finite numbers (R, G, B), all > 0, got (0.2, 0.0, 0.2)"),
+    ],
+)
+def test_finetune_checks_its_arguments_before_reading_data(tmp_path: Path, kwargs: dict, message: str) -> None:
+    net = gap.convert(_Functional(), channels=4, input_size=(3, 8, 8), seed=0)  # 1 block: a, b (no pooling between)
+    with pytest.raises(ValueError) as info:
+        # the data folder does not exist: the argument is refused before anything is read
+        gap.finetune(net, tmp_path / "nowhere", checkpoint=tmp_path / "ck.pt", progress=False, **kwargs)
+    assert str(info.value) == message
+    assert not (tmp_path / "ck.pt").exists()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"channels": 0}, "channels must be an int >= 1, or None for no extra conv (CLI: --channels 0), got 0"),
+        ({"channels": -3}, "channels must be an int >= 1, or None for no extra conv (CLI: --channels 0), got -3"),
+        ({"num_classes": 0}, "num_classes must be an int >= 1"),
+        ({"num_classes": True}, "num_classes must be an int >= 1"),
+    ],
+)
+def test_convert_checks_its_ranges(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        gap.convert(_Functional(), input_size=(3, 8, 8), **kwargs)
+
+
+# --- non-finite training -------------------------------------------------------------------------------------
+
+
+def _tiny_data(n: int = 4) -> torch.utils.data.TensorDataset:
+    g = torch.Generator().manual_seed(0)
+    return torch.utils.data.TensorDataset(torch.rand(n, 3, 8, 8, generator=g), torch.arange(n) % 3)
+
+
+def test_lr_nan_writes_no_checkpoint(tmp_path: Path) -> None:
+    net = gap.convert(_Functional(), channels=4, input_size=(3, 8, 8), seed=0)
+    with pytest.raises(ValueError, match="lr must be a finite number > 0, got nan"):
+        gap.finetune(net, _tiny_data(), lr=math.nan, checkpoint=tmp_path / "ck.pt", progress=False)
+    assert not (tmp_path / "ck.pt").exists()
+
+
+class _NanFromEpoch2(torch.utils.data.Dataset):
+    """The images of ``base`` for the first ``len(base)`` reads (epoch 1), then all-nan images (epoch 2).
+
+    On its first nan read it keeps the checkpoint's bytes as epoch 1 left them.
+    """
+
+    def __init__(self, base: torch.utils.data.TensorDataset, checkpoint: Path) -> None:
+        self.base, self.checkpoint, self.reads = base, checkpoint, 0
+        self.after_epoch1: bytes | None = None
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        self.reads += 1
+        x, y = self.base[i]
+        if self.reads <= len(self.base):
+            return x, y
+        if self.after_epoch1 is None:
+            self.after_epoch1 = self.checkpoint.read_bytes()
+        return torch.full_like(x, math.nan), y
+
+
+def test_loss_blowing_up_at_epoch_2_keeps_the_epoch_1_checkpoint(tmp_path: Path) -> None:
+    ckpt = tmp_path / "ck.pt"
+    data = _NanFromEpoch2(_tiny_data(4), ckpt)
+    net = gap.convert(_Functional(), channels=4, input_size=(3, 8, 8), seed=0)
+    with pytest.raises(ValueError) as info:
+        gap.finetune(net, data, epochs=3, lr=0.01, batch_size=2, val_fraction=0.0, checkpoint=ckpt, progress=False)
+    # epoch 2's first batch is nan images, so its loss is nan: the run stops there, before a step
+    assert str(info.value) == "training loss became nan at epoch 2, batch 1; lower --lr (now 0.01)"
+    assert data.after_epoch1 is not None and ckpt.read_bytes() == data.after_epoch1
+    loaded = gap.load_checkpoint(ckpt, trust=True)
+    assert all(torch.isfinite(v).all() for v in loaded.state_dict().values() if v.is_floating_point())
+
+
+def test_weights_made_infinite_by_the_last_step_are_not_saved(tmp_path: Path) -> None:
+    """lr=3e38 (just under float32's 3.4e38) on two images of constant 1e4: the one step's loss is finite
+    (the initial weights), but fc.weight's gradient is mean_i (softmax_i - onehot_i) x pooled features;
+    the features are about 100 for this input (~1 for inputs of 100, the net is piecewise linear), so the
+    gradient is about (1/3 - 1/2) x 100, and lr x gradient overflows float32: fc.weight becomes infinite.
+    No training loss follows that step (one batch, one epoch, no validation): only the weight check sees it."""
+    data = torch.utils.data.TensorDataset(torch.full((2, 3, 8, 8), 1e4), torch.tensor([0, 1]))
+    net = gap.convert(_Functional(), channels=4, input_size=(3, 8, 8), seed=0)
+    with pytest.raises(ValueError) as info:
+        gap.finetune(
+            net, data, epochs=1, lr=3e38, batch_size=2, val_fraction=0.0, checkpoint=tmp_path / "ck.pt", progress=False
+        )
+    assert str(info.value) == "training weights became non-finite at epoch 1, batch 1; lower --lr (now 3e+38)"
+    assert not torch.isfinite(net.fc.weight).all()
+    assert not (tmp_path / "ck.pt").exists()
+
+
+def test_run_epoch_refuses_a_nan_loss_before_stepping() -> None:
+    model = nn.Linear(2, 2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    batches = [(torch.ones(1, 2), torch.tensor([0])), (torch.full((1, 2), math.nan), torch.tensor([1]))]
+    with pytest.raises(ValueError, match="training loss became nan at batch 2"):
+        gap.run_epoch(model, batches, opt, progress=False)
+    # batch 1 stepped, batch 2 did not: the weights are finite
+    assert all(torch.isfinite(v).all() for v in model.state_dict().values())
+    assert not torch.equal(model.weight, before["weight"])
+
+
+# --- unreadable images ---------------------------------------------------------------------------------------
+
+
+def test_corrupt_image_stops_before_training_naming_the_file(tmp_path: Path) -> None:
+    data = _image_folder(tmp_path / "train")
+    (data / "dog" / "bad.png").write_bytes(b"this is not a PNG file")
+    net = gap.convert(_Functional(), num_classes=2, channels=4, input_size=(3, 8, 8), seed=0)
+    with pytest.raises(ValueError) as info:
+        gap.finetune(net, data, epochs=1, checkpoint=tmp_path / "ck.pt", progress=False)
+    assert str(info.value) == f"{data / 'dog' / 'bad.png'}: not an image file PIL can read"
+    assert not (tmp_path / "ck.pt").exists()
+
+
+def test_truncated_image_stops_training_naming_the_file(tmp_path: Path) -> None:
+    data = _image_folder(tmp_path / "train")
+    whole = (data / "cat" / "0.png").read_bytes()
+    (data / "cat" / "0.png").write_bytes(whole[: len(whole) // 2])  # header intact, pixel data cut
+    net = gap.convert(_Functional(), num_classes=2, channels=4, input_size=(3, 8, 8), seed=0)
+    with pytest.raises(ValueError, match=re.escape(f"{data / 'cat' / '0.png'}: unreadable or truncated image")):
+        gap.finetune(net, data, epochs=1, checkpoint=tmp_path / "ck.pt", progress=False)
+    assert not (tmp_path / "ck.pt").exists()
+
+
+def test_image_over_the_pixel_budget_stops_before_training(tmp_path: Path) -> None:
+    data = _image_folder(tmp_path / "train")  # 24 x 20 images: 480 pixels
+    net = gap.convert(_Functional(), num_classes=2, channels=4, input_size=(3, 8, 8), seed=0)
+    with pytest.raises(ValueError) as info:
+        gap.finetune(net, data, epochs=1, max_pixels=479, progress=False)
+    assert str(info.value).startswith(f"{data / 'cat' / '0.png'}: 24 x 20 = 480 pixels is over the budget of 479")
+    gap.finetune(net, data, epochs=1, max_pixels=480, progress=False)  # at the budget: fine

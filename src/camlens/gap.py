@@ -26,12 +26,14 @@ Example:
 from __future__ import annotations
 
 import copy
+import functools
 import io
 import math
+import numbers
 import random
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,10 +42,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from camlens.capture import find_layer, resolve_layer
+from camlens.zoo import BUILTIN, MAX_PIXELS, load_image
 
-__all__ = ["GapNet", "convert", "finetune", "load_checkpoint", "run_epoch", "save_checkpoint"]
+__all__ = [
+    "GapNet",
+    "checkpoint_needs_trust",
+    "convert",
+    "finetune",
+    "is_checkpoint",
+    "load_checkpoint",
+    "run_epoch",
+    "save_checkpoint",
+]
 
 _FORMAT = "camlens.gap/1"
+_FAMILY = "camlens.gap/"
 _POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 
 
@@ -211,6 +224,16 @@ def _through_elementwise(node: Any) -> Any:
     return node
 
 
+def _is_int(value: Any, low: int) -> bool:
+    """An integer (not a bool) >= ``low``."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and int(value) >= low
+
+
+def _is_real(value: Any) -> bool:
+    """A finite real number (not a bool)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def convert(
     model: nn.Module,
     num_classes: int | None = None,
@@ -266,10 +289,15 @@ def convert(
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if pooling not in ("avg", "max"):
         raise ValueError(f"pooling must be 'avg' (GAP) or 'max' (GMP), got {pooling!r}")
-    if channels is not None and (not isinstance(channels, int) or channels < 1):
-        raise ValueError(f"channels must be a positive int or None (no extra conv), got {channels!r}")
-    if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
-        raise ValueError(f"num_classes must be a positive int or None, got {num_classes!r}")
+    if channels is not None and not _is_int(channels, 1):
+        raise ValueError(
+            f"channels must be an int >= 1, or None for no extra conv (CLI: --channels 0), got {channels!r}"
+        )
+    if num_classes is not None and not _is_int(num_classes, 1):
+        raise ValueError(
+            f"num_classes must be an int >= 1 (the classes of the new linear layer), or None for as many as "
+            f"the model outputs, got {num_classes!r}"
+        )
     if len(input_size) != 3:
         raise ValueError(f"input_size must be (channels, height, width), got {tuple(input_size)}")
 
@@ -354,23 +382,59 @@ def convert(
     return net.eval()
 
 
-def _image_folder(path: Path, image_size: int, mean: Sequence[float], std: Sequence[float]) -> Any:
+def _image_folder(
+    path: Path, image_size: int, mean: Sequence[float], std: Sequence[float], max_pixels: int | None
+) -> Any:
+    """An ImageFolder read with camlens' one image loader, every file's header checked up front."""
     from torchvision import datasets, transforms
 
     if not path.is_dir():
         raise ValueError(f"{path}: no such directory; pass an ImageFolder root (one sub-folder of images per class)")
     tf = transforms.Compose(
         [
-            transforms.Lambda(lambda im: im.convert("RGB")),
             transforms.Resize((image_size, image_size)),
             transforms.ToTensor(),
             transforms.Normalize(mean, std),
         ]
     )
     try:
-        return datasets.ImageFolder(str(path), transform=tf)
+        # load_image: RGB whatever the mode, pixel budget from the header, a ValueError naming the file
+        folder = datasets.ImageFolder(
+            str(path), transform=tf, loader=functools.partial(load_image, max_pixels=max_pixels)
+        )
     except (FileNotFoundError, RuntimeError) as err:
         raise ValueError(f"{path}: not an ImageFolder layout (root/CLASS/IMAGE.jpg): {err}") from err
+    _check_headers([Path(file) for file, _ in folder.samples], max_pixels)
+    return folder
+
+
+def _check_headers(paths: Sequence[Path], max_pixels: int | None) -> None:
+    """Stop before training on the first file whose header PIL cannot read or that is over the budget.
+
+    Only headers are read (cheap); a file that fails here is handed to :func:`camlens.zoo.load_image`,
+    so the error is its ValueError naming the file. Damage past the header (a truncated image) is found
+    by the full decode in training, where ``load_image`` raises the same kind of ValueError.
+    """
+    import warnings
+
+    from PIL import Image
+
+    for path in paths:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(path) as opened:
+                    width, height = opened.size
+            ok = max_pixels is None or width * height <= max_pixels
+        except Exception:  # PIL raises many types for a hostile header; load_image below names the fault
+            ok = False
+        if not ok:
+            try:
+                load_image(path, max_pixels=max_pixels)
+            except ValueError:
+                raise
+            except Exception as err:  # a header only PIL's full loader chokes on
+                raise ValueError(f"{path}: unreadable image ({type(err).__name__}: {err})") from err
 
 
 def _batches(
@@ -384,6 +448,15 @@ def _batches(
         xs = torch.stack([torch.as_tensor(item[0]) for item in items])
         ys = torch.as_tensor([int(item[1]) for item in items])
         yield xs, ys
+
+
+class _NonFiniteLoss(ValueError):
+    """The training loss of batch ``batch`` (1-based) of a :func:`run_epoch` became ``value``."""
+
+    def __init__(self, batch: int, value: float) -> None:
+        super().__init__(f"training loss became {value} at batch {batch}; lower the learning rate")
+        self.batch = batch
+        self.value = value
 
 
 def run_epoch(
@@ -401,23 +474,30 @@ def run_epoch(
 
     Returns (mean loss, accuracy). The caller sets train/eval modes; this steps the optimizer and, after
     each optimizer step, ``scheduler`` (a per-step learning-rate schedule) when given.
+
+    Raises:
+        ValueError: while training, a batch's loss is nan or infinite (the learning rate is too high, or
+            the data holds non-finite values); raised before that batch's step, so the step is not taken.
     """
     from tqdm.auto import tqdm
 
     loss_sum, correct, seen = 0.0, 0, 0
     bar = tqdm(batches, total=total, desc=desc, disable=not progress, leave=False)
     with torch.set_grad_enabled(optimizer is not None):
-        for x, y in bar:
+        for batch, (x, y) in enumerate(bar, 1):
             x, y = x.to(device), y.to(device)
             logits = model(x)
             loss = F.cross_entropy(logits, y)
+            value = float(loss.detach())
             if optimizer is not None:
+                if not math.isfinite(value):
+                    raise _NonFiniteLoss(batch, value)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 if scheduler is not None:
                     scheduler.step()
-            loss_sum += float(loss.detach()) * len(y)
+            loss_sum += value * len(y)
             correct += int((logits.detach().argmax(1) == y).sum())
             seen += len(y)
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
@@ -445,6 +525,7 @@ def finetune(
     image_size: int | None = None,
     mean: Sequence[float] = (0.485, 0.456, 0.406),
     std: Sequence[float] = (0.229, 0.224, 0.225),
+    max_pixels: int | None = MAX_PIXELS,
 ) -> dict[str, Any]:
     """Train a converted network's new head (and its last ``train_blocks`` backbone blocks) in place.
 
@@ -472,6 +553,15 @@ def finetune(
         image_size: ImageFolder images are resized to this (default: the convert probe's size).
         mean: ImageFolder normalisation mean (ImageNet's by default).
         std: ImageFolder normalisation std.
+        max_pixels: ImageFolder images with more pixels are refused (see :func:`camlens.zoo.load_image`).
+
+    Every ImageFolder file's header is read before training: an unreadable or over-budget image stops
+    the run there, and an image damaged past its header stops it when training decodes it; either way
+    with a ValueError naming the file, never by training on fewer images than the folder holds.
+
+    Training stops at once when the loss, the weights or the validation loss become nan or infinite;
+    the checkpoint is written only after an epoch that ended with finite weights, so a file an earlier
+    epoch wrote keeps that epoch's weights. The model itself is left as the failed step left it.
 
     Returns:
         ``{"epoch": [...], "train_loss": [...], "train_acc": [...], "val_loss": [...], "val_acc": [...],
@@ -480,22 +570,54 @@ def finetune(
     Example:
         >>> history = finetune(net, "birds/train", epochs=3, train_blocks=1, checkpoint="birds.pt")
         >>> history["val_acc"][-1]
+
+    Raises:
+        ValueError: an argument out of range (the message names it, what it got and the fix); an
+            unreadable image; a loss or weights that became nan or infinite.
     """
     if not isinstance(model, GapNet):
         raise TypeError(f"finetune trains a GapNet made by camlens.gap.convert, got {type(model).__name__}")
-    if epochs < 1 or batch_size < 1:
-        raise ValueError(f"epochs and batch_size must be >= 1, got epochs={epochs}, batch_size={batch_size}")
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if not (_is_real(lr) and lr > 0):
+        raise ValueError(f"lr must be a finite number > 0, got {lr!r}; try 0.01 for SGD, 0.001 for Adam")
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    if lr > torch.finfo(dtype).max:  # the optimizer's step could not even represent it
+        raise ValueError(f"lr {lr!r} is over the largest {dtype} of the network's weights; try 0.01 for SGD")
+    if not _is_int(epochs, 1):
+        raise ValueError(f"epochs must be an int >= 1 (passes over the training split), got {epochs!r}")
+    if not _is_int(batch_size, 1):
+        raise ValueError(f"batch_size must be an int >= 1 (images per step), got {batch_size!r}")
+    if not (_is_real(val_fraction) and 0.0 <= val_fraction < 1.0):
+        raise ValueError(f"val_fraction must be in [0, 1) (the share held out; 0 for none), got {val_fraction!r}")
+    if not _is_int(train_blocks, -1):
+        raise ValueError(
+            f"train_blocks must be an int >= -1 (-1: the whole backbone, 0: the head only), got {train_blocks!r}"
+        )
+    if image_size is not None and not _is_int(image_size, 1):
+        raise ValueError(
+            f"image_size must be an int >= 1 (pixels of the square training input) or None, got {image_size!r}"
+        )
+    if max_pixels is not None and not _is_int(max_pixels, 1):
+        raise ValueError(f"max_pixels must be an int >= 1 or None (no limit), got {max_pixels!r}")
+    for name, value in (("momentum", momentum), ("weight_decay", weight_decay)):
+        if not (_is_real(value) and value >= 0):
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    for name, values in (("mean", mean), ("std", std)):
+        if len(values) != 3 or not all(_is_real(v) for v in values) or (name == "std" and min(values) <= 0):
+            raise ValueError(
+                f"{name} must be 3 finite numbers (R, G, B){', all > 0' * (name == 'std')}, got {values!r}"
+            )
     if optimizer not in ("sgd", "adam"):
         raise ValueError(f"optimizer must be 'sgd' or 'adam', got {optimizer!r}")
     blocks = model.blocks()
-    if train_blocks < -1 or train_blocks > len(blocks):
-        raise ValueError(f"train_blocks must be -1 (all) or 0..{len(blocks)} (the backbone has {len(blocks)} blocks)")
+    if train_blocks > len(blocks):
+        raise ValueError(
+            f"train_blocks must be -1 (all) or 0..{len(blocks)} "
+            f"(the backbone has {len(blocks)} block{'s' * (len(blocks) != 1)}), got {train_blocks}"
+        )
 
     if isinstance(data, (str, Path)):
         size = image_size or int(model.config.get("input_size", [3, 224, 224])[-1])
-        dataset = _image_folder(Path(data), size, mean, std)
+        dataset = _image_folder(Path(data), size, mean, std, max_pixels)
         classes = list(dataset.classes)
         # what an image needs to look like for this network, for whoever loads the checkpoint
         model.config.update(image_size=size, mean=[float(v) for v in mean], std=[float(v) for v in std])
@@ -543,15 +665,25 @@ def finetune(
             model.fc.train()
             for block in trained:
                 block.train()
-            train_loss, train_acc = run_epoch(
-                model,
-                _batches(dataset, train_idx, batch_size, True, gen),
-                opt,
-                device=device,
-                total=steps,
-                progress=progress,
-                desc=f"epoch {epoch}/{epochs}",
-            )
+            try:
+                train_loss, train_acc = run_epoch(
+                    model,
+                    _batches(dataset, train_idx, batch_size, True, gen),
+                    opt,
+                    device=device,
+                    total=steps,
+                    progress=progress,
+                    desc=f"epoch {epoch}/{epochs}",
+                )
+            except _NonFiniteLoss as err:
+                raise ValueError(
+                    f"training loss became {err.value} at epoch {epoch}, batch {err.batch}; lower --lr (now {lr:g})"
+                ) from err
+            # the last step of an epoch is followed by no training loss that would show its damage
+            if not all(torch.isfinite(t).all() for t in model.state_dict().values() if t.is_floating_point()):
+                raise ValueError(
+                    f"training weights became non-finite at epoch {epoch}, batch {steps}; lower --lr (now {lr:g})"
+                )
             model.eval()
             val_loss, val_acc = run_epoch(
                 model,
@@ -561,6 +693,8 @@ def finetune(
                 progress=progress,
                 desc="validation",
             )
+            if val_idx and not math.isfinite(val_loss):
+                raise ValueError(f"validation loss became {val_loss} at epoch {epoch}; lower --lr (now {lr:g})")
             for key, value in zip(
                 history,
                 (epoch, train_loss, train_acc, val_loss, val_acc, time.perf_counter() - start),
@@ -584,10 +718,12 @@ def save_checkpoint(
 ) -> None:
     """Write ``model`` so :func:`load_checkpoint` rebuilds it.
 
-    With ``model.config["source"]`` set, the file holds only tensors and plain values (loadable with
-    ``torch.load(weights_only=True)``) and the backbone is rebuilt from the source. Without it the
-    backbone's module is pickled into the file as well, and loading it means unpickling code: load
-    such files only from sources you trust, as with ``torch.load(weights_only=False)``.
+    With ``model.config["source"]`` naming a torchvision architecture (``"torchvision:vgg16"``) or a
+    camlens built-in model, the file holds only tensors and plain values: loading it runs no code from
+    the file, and the backbone is rebuilt from the source. Without a source the backbone's module is
+    pickled into the file as well; unpickling it runs code from the file, so :func:`load_checkpoint`
+    refuses it unless told ``trust=True`` (CLI ``--trust-model-file``). Any other source (a factory or
+    a model file) also needs ``trust=True``: the file names code to import or load.
     """
     state = {
         "format": _FORMAT,
@@ -607,44 +743,127 @@ def save_checkpoint(
     tmp.replace(path)
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> GapNet:
-    """The :class:`GapNet` saved by :func:`finetune` / :func:`save_checkpoint`, in eval mode.
+def is_checkpoint(obj: object) -> bool:
+    """Whether ``obj`` (a ``torch.load``-ed object) is a camlens GAP checkpoint: a dict with its ``format``.
 
-    The class names (for an ImageFolder) are in ``net.config["classes"]``; after :func:`finetune` on an
-    image folder, ``net.config`` also holds its ``image_size``, ``mean`` and ``std``.
-
-    Raises:
-        ValueError: the file is missing or not a camlens GAP checkpoint.
+    Example:
+        >>> state = torch.load("vgg16_gap.pt", weights_only=True)  # weights_only: runs no code
+        >>> camlens.gap.is_checkpoint(state)  # True
     """
-    path = Path(path)
+    return isinstance(obj, dict) and isinstance(obj.get("format"), str) and obj["format"].startswith(_FAMILY)
+
+
+def _safe_source(source: object) -> bool:
+    """A source :func:`load_checkpoint` can rebuild without running code the file names."""
+    return isinstance(source, str) and (source.startswith("torchvision:") or source in BUILTIN)
+
+
+def _read(path: Path, map_location: str | torch.device) -> dict[str, Any]:
+    """The checkpoint dict of ``path``, read with ``weights_only=True`` (no code runs)."""
     if not path.is_file():
         raise ValueError(f"{path}: no such checkpoint file")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch/pickle raise many types for a foreign file
         raise ValueError(f"{path}: not a camlens GAP checkpoint ({type(err).__name__})") from err
-    if not isinstance(state, dict) or state.get("format") != _FORMAT:
+    if not is_checkpoint(state):
         raise ValueError(f"{path}: not a camlens GAP checkpoint (no format {_FORMAT!r}); write one with finetune")
-    config = dict(state["config"])
-    if config.get("source"):
-        from camlens.zoo import load_model
+    if state["format"] != _FORMAT:
+        raise ValueError(f"{path}: a {state['format']!r} checkpoint; this camlens reads {_FORMAT!r}: upgrade camlens")
+    if not isinstance(state.get("config"), dict) or not isinstance(state.get("state_dict"), dict):
+        raise ValueError(f"{path}: a damaged camlens GAP checkpoint (no config or state_dict)")
+    return state
 
-        original = load_model(config["source"], random_weights=True).model
-        net = convert(
-            original,
-            num_classes=config["num_classes"],
-            pooling=config["pooling"],
-            channels=config["channels"],
-            drop_last_pool=config["drop_last_pool"],
-            freeze=False,
-            layer=config["layer"],
-            input_size=config["input_size"],
-            source=config["source"],
+
+def _trust_problem(path: Path, state: Mapping[str, Any]) -> str | None:
+    """Why loading ``state`` would run code from the file, or None when it would not."""
+    source = state["config"].get("source")
+    hint = "Load it only if you trust its source: --trust-model-file (CLI) or trust=True"
+    if not source:
+        return f"{path}: this GAP checkpoint embeds a pickled module; unpickling runs code from the file. {hint}"
+    if not _safe_source(source):
+        return (
+            f"{path}: this GAP checkpoint rebuilds its backbone from {source!r}, code the file names "
+            f"(only torchvision:NAME and {', '.join(BUILTIN)} are safe). {hint}"
         )
-    else:
-        net = torch.load(io.BytesIO(state["module"]), map_location=map_location, weights_only=False)
-        if not isinstance(net, GapNet):
-            raise ValueError(f"{path}: the saved module is a {type(net).__name__}, not a GapNet")
-    net.load_state_dict(state["state_dict"])
+    return None
+
+
+def checkpoint_needs_trust(checkpoint: str | Path | Mapping[str, Any]) -> bool:
+    """Whether :func:`load_checkpoint` needs ``trust=True`` for this checkpoint (a file, or its loaded dict).
+
+    True for a checkpoint that embeds a pickled module (one saved without a ``source``) or rebuilds its
+    backbone from a factory or a model file; False for one rebuilt from ``torchvision:NAME`` or a
+    built-in model. Reading the file for this runs no code from it (``weights_only=True``).
+
+    Raises:
+        ValueError: the file is missing or not a camlens GAP checkpoint.
+    """
+    if isinstance(checkpoint, Mapping):
+        if not is_checkpoint(dict(checkpoint)) or not isinstance(checkpoint.get("config"), dict):
+            raise ValueError("not a camlens GAP checkpoint (a dict with format 'camlens.gap/1' and a config)")
+        return _trust_problem(Path("checkpoint"), checkpoint) is not None
+    return _trust_problem(Path(checkpoint), _read(Path(checkpoint), "cpu")) is not None
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", *, trust: bool = False) -> GapNet:
+    """The :class:`GapNet` saved by :func:`finetune` / :func:`save_checkpoint`, in eval mode.
+
+    The file is read with ``torch.load(weights_only=True)``. A checkpoint with a ``torchvision:NAME``
+    (or built-in) source is then rebuilt from that architecture and needs nothing more. One that embeds
+    a pickled module (saved without a source) is unpickled only with ``trust=True``: unpickling runs
+    code from the file. :func:`checkpoint_needs_trust` tells which kind a file is before loading it.
+
+    The class names (for an ImageFolder) are in ``net.config["classes"]``; after :func:`finetune` on an
+    image folder, ``net.config`` also holds its ``image_size``, ``mean`` and ``std``.
+
+    Args:
+        path: the checkpoint file.
+        map_location: device for the weights.
+        trust: allow unpickling the module a checkpoint embeds (or rebuilding it from a factory or
+            model file the checkpoint names); only for files from a source you trust.
+
+    Raises:
+        ValueError: the file is missing, not a camlens GAP checkpoint, damaged, or needs ``trust=True``
+            (refused before anything in it is unpickled).
+
+    Example:
+        >>> net = load_checkpoint("vgg16_gap.pt")  # saved with source="torchvision:vgg16"
+        >>> net = load_checkpoint("mynet_gap.pt", trust=True)  # embeds a module: a file you made yourself
+    """
+    path = Path(path)
+    state = _read(path, map_location)
+    problem = _trust_problem(path, state)
+    if problem is not None and not trust:
+        raise ValueError(problem)
+    config = dict(state["config"])
+    try:
+        if config.get("source"):
+            from camlens.zoo import load_model
+
+            original = load_model(config["source"], random_weights=True).model
+            net = convert(
+                original,
+                num_classes=config["num_classes"],
+                pooling=config["pooling"],
+                channels=config["channels"],
+                drop_last_pool=config["drop_last_pool"],
+                freeze=False,
+                layer=config["layer"],
+                input_size=config["input_size"],
+                source=config["source"],
+            )
+        else:
+            if not isinstance(state.get("module"), bytes):
+                raise ValueError(f"{path}: a damaged camlens GAP checkpoint (no source and no module)")
+            net = torch.load(io.BytesIO(state["module"]), map_location=map_location, weights_only=False)
+            if not isinstance(net, GapNet):
+                raise ValueError(f"{path}: the saved module is a {type(net).__name__}, not a GapNet")
+        net.load_state_dict(state["state_dict"])
+    except KeyError as err:
+        raise ValueError(f"{path}: a damaged camlens GAP checkpoint (its config has no {err})") from err
+    except RuntimeError as err:
+        detail = " ".join(str(err).strip().splitlines()[:2])[:300]
+        raise ValueError(f"{path}: the checkpoint's weights do not fit its network: {detail}") from err
     net.config = {**config, "classes": list(state.get("classes", []))}
     return net.to(map_location).eval()
