@@ -550,7 +550,7 @@ def _write_image(
         logit = float(exp.scores[i, k])
         box_in = box_from_map(exp.maps[i, k], args.threshold)
         box = None if box_in is None else geometry.box_to_original(box_in)
-        cam = full[k].numpy().astype(np.float32)
+        cam = full[k].numpy()  # float32 already: no copy of a photo-sized map
         stem = f"{name}/{name}_{exp.method}_{class_id if class_id is not None else k}"
         shown = f"p {probability:.2f}" if probability is not None else f"logit {logit:.2f}"
         picture = viz.draw_box(viz.overlay(image, cam), box, f"{label} {shown} ({exp.method})")

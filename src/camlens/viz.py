@@ -29,7 +29,11 @@ def colorize(cam: np.ndarray, cmap: str = "jet") -> np.ndarray:
     A 256-entry lookup table indexed by uint8 levels (what matplotlib's 256-colour maps do), so a
     50-megapixel map costs 200 MB of uint8, not 1.6 GB of float64 RGBA.
     """
-    levels = np.clip(np.nan_to_num(cam, nan=0.0) * 256.0, 0.0, 255.0).astype(np.uint8)
+    scaled = np.multiply(cam, 256.0, dtype=np.float32)  # one float temporary, reused in place
+    np.nan_to_num(scaled, copy=False, nan=0.0)
+    np.clip(scaled, 0.0, 255.0, out=scaled)
+    levels = scaled.astype(np.uint8)
+    del scaled
     return _lut(cmap)[levels]
 
 
@@ -37,7 +41,7 @@ def overlay(image: Any, cam: np.ndarray, alpha: float = 0.5, cmap: str = "jet") 
     """The photo with the map's heatmap blended over it (a PIL image of the photo's size)."""
     from PIL import Image
 
-    photo = image.convert("RGB")
+    photo = image if image.mode == "RGB" else image.convert("RGB")
     if cam.shape != (photo.height, photo.width):
         raise ValueError(f"map {cam.shape} and photo {(photo.height, photo.width)} differ in size")
     return Image.blend(photo, Image.fromarray(colorize(cam, cmap)), alpha)

@@ -64,7 +64,7 @@ class Geometry:
         lead = maps.shape[:-2]
         flat = maps.reshape(-1, 1, *maps.shape[-2:]).float()
         up = F.interpolate(flat, size=self.original, mode="bilinear", align_corners=False)
-        return up.reshape(*lead, *self.original).clamp(0, 1)
+        return up.reshape(*lead, *self.original).clamp_(0, 1)
 
     def box_to_original(self, box: tuple[int, int, int, int]) -> list[int]:
         """[x0, y0, x1, y1) in input pixels -> the same region in original pixels."""
@@ -124,7 +124,16 @@ def load_image(path: str | Path, *, max_pixels: int | None = MAX_PIXELS, upright
                 opened.load()
                 img = ImageOps.exif_transpose(opened) if upright else opened.copy()
     except Image.DecompressionBombError as err:
-        raise ValueError(f"{path}: {err} (raise the budget with --max-pixels if you trust the file)") from err
+        # PIL refuses past twice its limit before we can read the size: its message has the count
+        import re
+
+        found = re.search(r"\((\d+) pixels\)", str(err))
+        count = f"{int(found.group(1)):,} pixels" if found else "the image"
+        if max_pixels is not None and found and int(found.group(1)) > max_pixels:
+            limit = f"the budget of {max_pixels:,} (raise it with --max-pixels if you trust the file)"
+        else:
+            limit = "PIL's decompression-bomb limit"
+        raise ValueError(f"{path}: {count} is over {limit}") from err
     except UnidentifiedImageError as err:
         raise ValueError(f"{path}: not an image file PIL can read") from err
     except (OSError, SyntaxError, EOFError) as err:
@@ -137,18 +146,25 @@ def load_image(path: str | Path, *, max_pixels: int | None = MAX_PIXELS, upright
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         img = Image.alpha_composite(background, rgba)
-    return img.convert("RGB")
+    return img if img.mode == "RGB" else img.convert("RGB")  # (convert would copy an RGB image)
 
 
-def to_tensor(image: Any) -> torch.Tensor:
-    """PIL image or (H, W[, 3|4]) uint8 array -> (3, H, W) float in [0, 1]."""
-    array = np.asarray(image.convert("RGB") if hasattr(image, "convert") else image)
+def _rgb_array(image: Any) -> tuple[np.ndarray, float]:
+    """PIL image or (H, W[, 3|4]) array -> (H, W, >=3) array (no float copy) and its full-scale value."""
+    if hasattr(image, "convert"):
+        image = image if image.mode == "RGB" else image.convert("RGB")
+    array = np.asarray(image)
     if array.ndim == 2:
         array = np.stack([array] * 3, -1)
     if array.ndim != 3 or array.shape[2] not in (3, 4):
         raise ValueError(f"expected an RGB image of shape (H, W, 3), got {array.shape}")
     scale = 65535.0 if array.dtype == np.uint16 else 255.0 if array.dtype == np.uint8 else 1.0
-    # one float copy, scaled in place: a 50-megapixel photo costs 600 MB here, not 1.2 GB
+    return array, scale
+
+
+def to_tensor(image: Any) -> torch.Tensor:
+    """PIL image or (H, W[, 3|4]) uint8 array -> (3, H, W) float in [0, 1]."""
+    array, scale = _rgb_array(image)
     tensor = torch.from_numpy(np.ascontiguousarray(array[..., :3]).astype(np.float32))
     return tensor.div_(scale).permute(2, 0, 1)
 
@@ -164,9 +180,16 @@ def preprocess_with_geometry(
     image: Any, size: int = 224, mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD
 ) -> tuple[torch.Tensor, Geometry]:
     """Like :func:`preprocess`, also returning the :class:`Geometry` to map results back."""
-    x = to_tensor(image)[None]
-    original = (int(x.shape[-2]), int(x.shape[-1]))
-    x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    array, scale = _rgb_array(image)
+    original = (int(array.shape[0]), int(array.shape[1]))
+    # one channel at a time (interpolation is per channel anyway): a 50-megapixel photo needs one
+    # 200 MB float plane at a time instead of a 600 MB float image
+    planes = []
+    for c in range(3):
+        plane = torch.from_numpy(np.ascontiguousarray(array[..., c])).float().div_(scale)
+        planes.append(F.interpolate(plane[None, None], size=(size, size), mode="bilinear", antialias=True)[0, 0])
+        del plane
+    x = torch.stack(planes)[None]
     x = (x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
     return x, Geometry(original, (size, size))
 
@@ -381,11 +404,14 @@ def _from_file(path: Path, trust: bool = False) -> ModelBundle:
             raise ValueError(f"{path}: a damaged TorchScript archive ({type(err).__name__})") from err
         return ModelBundle(scripted.eval(), str(path))
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "Detected pickle protocol 4 ...": refused anyway
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        # weights_only refuses every global outside torch's allow-list: a pickled module or object
+        # weights_only refuses every global outside torch's allow-list (a pickled module or object)
+        # and every opcode it does not know (other pickles, or garbage): all of it is untrusted code
         if not trust:
-            raise _untrusted(path, "a pickled Python object (a saved nn.Module?), not weights") from err
+            raise _untrusted(path, "not plain weights but a pickle (a saved nn.Module?)") from err
         try:
             obj = torch.load(path, map_location="cpu", weights_only=False)
         except Exception as err2:  # a trusted but broken pickle can raise anything
