@@ -8,6 +8,7 @@ Conventions checked: camlens boxes are [x0, y0, x1, y1) 0-based END-EXCLUSIVE.
 
 from __future__ import annotations
 
+import pickle
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from camlens.datasets import (
     ImageDataset,
     LocalizationSet,
     Sample,
+    Skipped,
     collate,
     load_masks,
     open_dataset,
@@ -630,6 +632,50 @@ def test_dataloader_two_workers(tmp_path: Path) -> None:
             assert dataset.original_size(i) == (6 + i, 5)
     with pytest.raises(ValueError, match="empty batch"):
         collate([])
+
+
+def test_skip_bad_markers_and_collate(tmp_path: Path) -> None:
+    """skip_bad=True: an unreadable image and one its box does not fit become Skipped markers, which collate
+    leaves out of the tensors and lists in Batch.skipped, also through DataLoader workers (pickled batches)."""
+    for i in range(3):
+        image(tmp_path / f"{i}.png", 6, 5, (40 * i, 10, 20))
+    write(tmp_path / "broken.png", "not a PNG")
+    rows = ["0.png,0,0,0,6,5", "broken.png,1", "1.png,1,0,0,7,5", "2.png,2"]
+    data = read_csv(write(tmp_path / "d.csv", "\n".join(rows)))
+    with pytest.raises(DatasetError, match=r"broken\.png: not an image file PIL can read; remove it"):
+        ImageDataset(data, size=4)[1]
+    dataset = ImageDataset(data, size=4, skip_bad=True)
+    broken = dataset[1]
+    assert broken == Skipped(
+        1, str(tmp_path / "broken.png"), "not an image file PIL can read; remove it from the data set or replace it"
+    )
+    assert isinstance(dataset[2], Skipped) and dataset[2].reason.startswith(
+        "a ground-truth box [[0.0, 0.0, 7.0, 5.0]] extends past the 6 x 5 image (1.png)"
+    )
+    loader = torch.utils.data.DataLoader(dataset, batch_size=2, num_workers=2, collate_fn=collate)
+    batches = list(loader)
+    assert [b[1].tolist() for b in batches] == [[0], [3]]
+    assert [[s.index for s in b.skipped] for b in batches] == [[1], [2]]
+    images, _ = batches[1]
+    assert torch.allclose(images[0], normalised((80, 10, 20))[:, None, None].expand(3, 4, 4), atol=1e-6)
+    empty = collate([dataset[1], dataset[2]])
+    assert empty[0].numel() == 0 and empty[1].tolist() == [] and len(empty.skipped) == 2
+    assert pickle.loads(pickle.dumps(empty)).skipped == empty.skipped
+
+
+def test_over_budget_images(tmp_path: Path) -> None:
+    """max_pixels is checked from the header: 6 x 5 = 30 pixels fits a budget of 30, not one of 29."""
+    image(tmp_path / "a.png", 6, 5)
+    data = read_csv(write(tmp_path / "d.csv", "a.png,0\n"))
+    assert ImageDataset(data, size=4, max_pixels=30)[0][0].shape == (3, 4, 4)
+    assert ImageDataset(data, max_pixels=30).original_size(0) == (6, 5)
+    over = r"a\.png: 6 x 5 = 30 pixels is over the budget of 29"
+    with pytest.raises(DatasetError, match=over):
+        ImageDataset(data, max_pixels=29)[0]
+    with pytest.raises(DatasetError, match=over):
+        ImageDataset(data, max_pixels=29).original_size(0)
+    with pytest.raises(ValueError, match="max_pixels must be >= 1 or None"):
+        ImageDataset(data, max_pixels=0)
 
 
 def test_sample_value_semantics() -> None:

@@ -16,9 +16,10 @@ Box convention (the one used everywhere in camlens): float64 ``[x0, y0, x1, y1)`
 END-EXCLUSIVE, in pixels of the image as stored in the file (a box covering the whole W x H image is
 ``[0, 0, W, h)``). Each reader converts its format's convention to this one and says how.
 
-Images are read as stored: EXIF orientation is deliberately NOT applied (unlike
-:func:`camlens.zoo.load_image`), because box annotations (ImageNet's XML, wsolevaluation's metadata, which
-its own loader reads with a plain ``PIL.Image.open``) are given in the stored pixel grid.
+Images are read by :func:`camlens.zoo.load_image` (pixel budget checked from the header) as stored: EXIF
+orientation is deliberately NOT applied (``upright=False``), because box annotations (ImageNet's XML,
+wsolevaluation's metadata, which its own loader reads with a plain ``PIL.Image.open``) are given in the stored
+pixel grid. Annotation XML is untrusted input too: entity declarations are refused (no "billion laughs").
 
 Every problem raises :class:`DatasetError` whose message starts with ``file:line:`` and ends with what to
 do about it.
@@ -45,13 +46,23 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from camlens.zoo import IMAGE_SUFFIXES, IMAGENET_MEAN, IMAGENET_STD, Geometry, preprocess_with_geometry
+from camlens.zoo import (
+    IMAGE_SUFFIXES,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    MAX_PIXELS,
+    Geometry,
+    load_image,
+    preprocess_with_geometry,
+)
 
 __all__ = [
+    "Batch",
     "DatasetError",
     "ImageDataset",
     "LocalizationSet",
     "Sample",
+    "Skipped",
     "collate",
     "load_masks",
     "open_dataset",
@@ -74,12 +85,14 @@ class DatasetError(ValueError):
     """A data set file or folder is missing or malformed.
 
     The message reads ``FILE:LINE: problem; what to do`` (``FILE: ...`` when no line applies), so it can be
-    pasted into an editor's "go to". ``file`` and ``line`` are also attributes.
+    pasted into an editor's "go to". ``file`` and ``line`` are also attributes, and ``problem`` is the message
+    without them.
     """
 
     def __init__(self, message: str, file: PathLike | None = None, line: int | None = None) -> None:
         where = "" if file is None else f"{file}:{line}: " if line is not None else f"{file}: "
         super().__init__(where + message)
+        self.problem = message
         self.file = None if file is None else Path(file)
         self.line = line
 
@@ -1123,31 +1136,51 @@ def open_dataset(
 # ------------------------------------------------------------------------------------------ images
 
 
-def _read_image(path: Path) -> Any:
-    """An 8-bit RGB PIL image in its STORED orientation (no EXIF rotation: annotations use the stored grid)."""
-    from PIL import Image, UnidentifiedImageError
+def _read_image(path: Path, max_pixels: int | None = MAX_PIXELS) -> Any:
+    """An 8-bit RGB PIL image in its STORED orientation (no EXIF rotation: annotations use the stored grid).
 
+    :func:`camlens.zoo.load_image` reads it (header-checked pixel budget, bombs, 16-bit, RGBA, palette);
+    its ValueError becomes a :class:`DatasetError` naming the file.
+    """
     try:
-        with Image.open(path) as opened:
-            opened.load()
-            image = opened.copy()
-    except FileNotFoundError:
-        raise DatasetError("image file not found (moved since the data set was read?)", path) from None
-    except UnidentifiedImageError:
-        raise DatasetError("not an image file PIL can read; remove it from the data set or replace it", path) from None
-    except (OSError, SyntaxError) as err:
-        raise DatasetError(f"unreadable or truncated image ({err}); replace the file", path) from None
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        array = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if image.mode.startswith("I;16") else max(1.0, float(array.max()))
-        image = Image.fromarray(np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8))
-    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")  # transparent pixels on white, as camlens.zoo.load_image does
-        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-    return image.convert("RGB")
+        return load_image(path, max_pixels=max_pixels, upright=False)
+    except ValueError as err:
+        if not path.is_file():
+            raise DatasetError("image file not found (moved since the data set was read?)", path) from None
+        reason = str(err).removeprefix(f"{path}: ")
+        raise DatasetError(f"{reason}; remove it from the data set or replace it", path) from None
 
 
-class ImageDataset(Dataset[tuple[torch.Tensor, int]]):
+@dataclass(frozen=True)
+class Skipped:
+    """What :class:`ImageDataset` (with ``skip_bad=True``) gives for an image it cannot use: which and why.
+
+    Attributes:
+        index: the image's index in the data set.
+        path: the image file.
+        reason: the problem and what to do about it (a :class:`DatasetError` message without the file name).
+    """
+
+    index: int
+    path: str
+    reason: str
+
+
+class Batch(tuple[torch.Tensor, torch.Tensor]):
+    """What :func:`collate` returns: the pair ``(images, indices)``, plus the images it left out in ``skipped``."""
+
+    skipped: list[Skipped]
+
+    def __new__(cls, images: torch.Tensor, indices: torch.Tensor, skipped: Sequence[Skipped] = ()) -> Batch:
+        batch = super().__new__(cls, (images, indices))
+        batch.skipped = list(skipped)
+        return batch
+
+    def __reduce__(self) -> tuple[Any, ...]:  # DataLoader workers send batches to the main process by pickle
+        return (Batch, (self[0], self[1], self.skipped))
+
+
+class ImageDataset(Dataset[Union[tuple[torch.Tensor, int], Skipped]]):
     """Model inputs of a :class:`LocalizationSet`: ``(image (3, size, size), index)``.
 
     Each image is read in its stored orientation, resized WITHOUT cropping to ``size x size`` (bilinear with
@@ -1155,8 +1188,20 @@ class ImageDataset(Dataset[tuple[torch.Tensor, int]]):
     cropped, a map over the input covers the whole image: :meth:`geometry` maps it back to original pixels,
     where the ground-truth boxes live. Use :func:`collate` as the DataLoader's ``collate_fn``.
 
-    Raises (on access):
-        DatasetError: the image cannot be read, its size differs from the annotation's, or a box lies outside it.
+    Args:
+        data: the data set.
+        size: side of the square model input.
+        mean: per-channel normalisation mean.
+        std: per-channel normalisation std.
+        max_pixels: refuse images with more pixels than this, checked from the file's header before decoding
+            (``None``: no limit).
+        skip_bad: give a :class:`Skipped` marker instead of raising for an image that cannot be used (unreadable,
+            truncated, over the pixel budget, or not matching its annotation); :func:`collate` leaves it out of
+            the batch and lists it in ``Batch.skipped``. This works in DataLoader workers.
+
+    Raises (on access, unless ``skip_bad``):
+        DatasetError: the image cannot be read, is over ``max_pixels``, its size differs from the annotation's,
+            or a box lies outside it.
     """
 
     def __init__(
@@ -1165,6 +1210,9 @@ class ImageDataset(Dataset[tuple[torch.Tensor, int]]):
         size: int = 224,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
+        *,
+        max_pixels: int | None = MAX_PIXELS,
+        skip_bad: bool = False,
     ) -> None:
         if not isinstance(data, LocalizationSet):
             raise TypeError(f"data must be a LocalizationSet (see open_dataset), got {type(data).__name__}")
@@ -1172,19 +1220,28 @@ class ImageDataset(Dataset[tuple[torch.Tensor, int]]):
             raise ValueError(f"size must be a positive number of pixels, got {size}")
         if len(mean) != 3 or len(std) != 3 or any(float(s) <= 0 for s in std):
             raise ValueError(f"mean and std need 3 values each (std > 0), got mean={mean}, std={std}")
+        if max_pixels is not None and int(max_pixels) < 1:
+            raise ValueError(f"max_pixels must be >= 1 or None (no limit), got {max_pixels}")
         self.data = data
         self.size = int(size)
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
+        self.max_pixels = None if max_pixels is None else int(max_pixels)
+        self.skip_bad = bool(skip_bad)
         self._sizes: dict[int, tuple[int, int]] = {}
 
     def __len__(self) -> int:
         return len(self.data)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | Skipped:
         sample = self.data[index]
-        image = _read_image(sample.path)
-        self._check(sample, image.size)
+        try:
+            image = _read_image(sample.path, self.max_pixels)
+            self._check(sample, image.size)
+        except DatasetError as err:
+            if not self.skip_bad:
+                raise
+            return Skipped(int(index), str(sample.path), err.problem)
         self._sizes[index] = image.size
         x, _ = preprocess_with_geometry(image, self.size, self.mean, self.std)
         return x[0], index
@@ -1205,18 +1262,32 @@ class ImageDataset(Dataset[tuple[torch.Tensor, int]]):
             )
 
     def original_size(self, index: int) -> tuple[int, int]:
-        """(W, H) of image ``index`` as stored: from the annotation when it says, else the file's header."""
+        """(W, H) of image ``index`` as stored: from the annotation when it says, else the file's header.
+
+        Raises:
+            DatasetError: the header cannot be read, or it claims more than ``max_pixels`` pixels.
+        """
         sample = self.data[index]
         if sample.size is not None:
             return sample.size
         if index not in self._sizes:
             from PIL import Image
 
+            over = False
             try:
-                with Image.open(sample.path) as image:
-                    self._sizes[index] = image.size
-            except OSError as err:
-                raise DatasetError(f"cannot read the image header ({err})", sample.path) from None
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our budget replaces PIL's
+                    with Image.open(sample.path) as image:
+                        width, height = image.size
+                over = self.max_pixels is not None and width * height > self.max_pixels
+            except Image.DecompressionBombError:
+                over = True
+            except (OSError, SyntaxError, EOFError) as err:
+                raise DatasetError(f"cannot read the image header ({err}); replace the file", sample.path) from None
+            if over:  # load_image refuses it from the header too, before decoding: one message for both
+                _read_image(sample.path, self.max_pixels)
+                raise DatasetError("over the pixel budget; remove it from the data set", sample.path)
+            self._sizes[index] = (width, height)
         return self._sizes[index]
 
     def geometry(self, index: int) -> Geometry:
@@ -1225,10 +1296,18 @@ class ImageDataset(Dataset[tuple[torch.Tensor, int]]):
         return Geometry((height, width), (self.size, self.size))
 
 
-def collate(batch: Sequence[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """``[(image, index), ...]`` -> ``(images (B, 3, S, S), indices (B,) int64)`` for a DataLoader."""
+def collate(batch: Sequence[tuple[torch.Tensor, int] | Skipped]) -> Batch:
+    """``[(image, index) or Skipped, ...]`` -> ``(images (B, 3, S, S), indices (B,) int64)`` for a DataLoader.
+
+    :class:`Skipped` markers (from ``ImageDataset(..., skip_bad=True)``) are left out of the tensors and listed
+    in the result's ``skipped``; when every item was skipped, ``images`` is ``(0,)`` and ``indices`` empty.
+    """
     if not batch:
         raise ValueError("cannot collate an empty batch")
-    images = torch.stack([item[0] for item in batch])
-    indices = torch.tensor([int(item[1]) for item in batch], dtype=torch.long)
-    return images, indices
+    skipped = [item for item in batch if isinstance(item, Skipped)]
+    kept = [item for item in batch if not isinstance(item, Skipped)]
+    if not kept:
+        return Batch(torch.zeros(0), torch.zeros(0, dtype=torch.long), skipped)
+    images = torch.stack([item[0] for item in kept])
+    indices = torch.tensor([int(item[1]) for item in kept], dtype=torch.long)
+    return Batch(images, indices, skipped)
