@@ -134,6 +134,7 @@ def test_cli_evaluate_prints_the_table(tmp_path: Path, capsys: pytest.CaptureFix
             "gradcam",
             "--out",
             str(tmp_path / "o"),
+            "--trust-model-file",  # a pickled nn.Module, written by this test
         ]
     )
     out = capsys.readouterr()

@@ -19,8 +19,10 @@ Markdown and JSON with example pictures (map, ground-truth boxes in red, predict
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +32,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from camlens._paths import NameBook, inside, safe_name
 from camlens.explanation import normalize_maps
+from camlens.zoo import MAX_PIXELS
 
 __all__ = ["METRICS", "Evaluation", "demo_dataset", "evaluate"]
 
@@ -75,7 +79,11 @@ COLUMNS: dict[str, tuple[str, bool | None]] = {
 
 @dataclass
 class Evaluation:
-    """The table of an evaluation: ``rows[method][column]``; see :data:`COLUMNS` for the names."""
+    """The table of an evaluation: ``rows[method][column]``; see :data:`COLUMNS` for the names.
+
+    ``images`` counts the images evaluated; ``skipped`` lists the ones that could not be used
+    (``{"path": ..., "reason": ...}``), which are in no number of the table.
+    """
 
     methods: list[str]
     rows: dict[str, dict[str, Any]]
@@ -85,6 +93,7 @@ class Evaluation:
     files: dict[str, str] = field(default_factory=dict)
     curves: dict[str, dict[str, Any]] = field(default_factory=dict)
     topk: int = 5
+    skipped: list[dict[str, str]] = field(default_factory=list)
 
     def header(self, column: str) -> str:
         """Display name of a column (``topk_loc_err`` -> ``top-5 loc err %``)."""
@@ -118,7 +127,8 @@ class Evaluation:
         out.mkdir(parents=True, exist_ok=True)
         paths = {"csv": out / "table.csv", "markdown": out / "table.md", "json": out / "results.json"}
         paths["csv"].write_text(self.csv())
-        title = f"# camlens evaluate: {self.model} on {self.dataset} ({self.images} images)\n\n"
+        skipped = f", {len(self.skipped)} skipped" if self.skipped else ""
+        title = f"# camlens evaluate: {self.model} on {self.dataset} ({self.images} images{skipped})\n\n"
         paths["markdown"].write_text(title + self.markdown() + "\n")
         self.files.update({k: str(v) for k, v in paths.items()})
         doc = {
@@ -129,9 +139,26 @@ class Evaluation:
             "topk": self.topk,
             "rows": self.rows,
             "files": self.files,
+            "skipped": self.skipped,
         }
-        paths["json"].write_text(json.dumps(doc, indent=1, default=float))
+        # strict JSON (no NaN / Infinity tokens, which strict readers reject): a non-finite number is null
+        paths["json"].write_text(json.dumps(_strict(doc), indent=1, allow_nan=False))
         return {k: str(v) for k, v in paths.items()}
+
+
+def _strict(value: Any) -> Any:
+    """``value`` with numpy scalars and arrays as Python numbers and lists, and NaN / inf as None."""
+    if isinstance(value, dict):
+        return {str(k): _strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [_strict(v) for v in value]
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    return value
 
 
 def _fmt(v: Any, percent: bool = False) -> str:
@@ -199,8 +226,15 @@ def evaluate(
     sanity_images: int = 2,
     method_options: dict[str, dict[str, Any]] | None = None,
     progress: bool = True,
+    max_pixels: int | None = MAX_PIXELS,
 ) -> Evaluation:
     """Evaluate ``methods`` on ``data`` with ``metrics``; see the module docstring for the protocol.
+
+    An image that cannot be used (unreadable, truncated, over ``max_pixels``, a decompression bomb, or not
+    matching its annotation) is skipped with one line on stderr (``camlens evaluate: skipped image PATH:
+    REASON``), listed in :attr:`Evaluation.skipped` and left out of every number; the run goes on. A map or
+    score that is NaN or infinite for an image gives one warning naming the image; such map values count as 0
+    for localisation, and averages that include a non-finite score are written as null.
 
     Args:
         model: a :class:`camlens.zoo.ModelBundle` (its input size, normalisation and class names are
@@ -212,20 +246,28 @@ def evaluate(
             ``pointing``: pointing game; ``deletion``/``insertion``/``ad``/``ic``/``road``: faithfulness
             of the map of the predicted class; ``sanity``: model-randomisation check on the first
             ``sanity_images`` images.
-        topk: K of the top-K errors (the CAM paper: 5).
-        threshold: the CAM paper's box threshold, a fraction of the map's maximum.
-        limit: evaluate only the first ``limit`` images.
+        topk: K of the top-K errors (the CAM paper: 5), >= 1.
+        threshold: the CAM paper's box threshold, a fraction of the map's maximum in (0, 1].
+        batch_size: images per batch, >= 1.
+        workers: DataLoader worker processes (0: read images in this process).
+        limit: evaluate only the first ``limit`` images (>= 1; ``None``: all).
         out: folder for the table, example pictures and curve plots (nothing written if ``None``).
-        steps: steps of the deletion / insertion curves.
+        examples: example pictures per method (0: none).
+        steps: steps of the deletion / insertion curves, >= 1.
+        sanity_images: images of the sanity check, >= 1.
         method_options: per method name, options for its constructor (``{"scorecam": {"batch_size": 32}}``).
+        max_pixels: refuse (skip) images with more pixels than this, checked from the file's header before
+            decoding (``None``: no limit).
 
     Raises:
-        ValueError: unknown method or metric, a data set without labels for localisation metrics.
+        ValueError: an argument out of range, unknown method or metric, a data set without labels for
+            localisation metrics, or no image that could be read.
     """
     import camlens
     from camlens import datasets, zoo
     from camlens.datasets import load_masks
 
+    _check_arguments(limit, batch_size, workers, steps, examples, topk, threshold, sanity_images, max_pixels)
     wanted = _parse_metrics(metrics)
     names = [m.strip() for m in (methods.split(",") if isinstance(methods, str) else methods) if m.strip()]
     if not names:
@@ -239,11 +281,9 @@ def evaluate(
     dev = param.device if param is not None else torch.device("cpu")
     if not isinstance(data, datasets.LocalizationSet):
         data = datasets.open_dataset(data)
-    samples = list(data.samples)[: limit if limit else None]
+    samples = list(data.samples)[:limit]
     if not samples:
         raise ValueError("the data set is empty")
-    if topk < 1:
-        raise ValueError(f"topk must be >= 1, got {topk}")
     options = method_options or {}
     explainers = {}
     for name, cls in zip(names, classes):
@@ -260,26 +300,57 @@ def evaluate(
     pictures: dict[str, list[Any]] = {n: [] for n in names}
     outdir = None if out is None else Path(out)
     subset = datasets.LocalizationSet(samples, data.classes, data.root, data.format)
-    images = datasets.ImageDataset(subset, size=bundle.size, mean=bundle.mean, std=bundle.std)
+    images = datasets.ImageDataset(
+        subset, size=bundle.size, mean=bundle.mean, std=bundle.std, max_pixels=max_pixels, skip_bad=True
+    )
     loader = torch.utils.data.DataLoader(
         images,
         batch_size=batch_size,
         num_workers=workers,
         collate_fn=datasets.collate,
     )
+    from PIL import Image
     from tqdm.auto import tqdm
+
+    skipped: list[dict[str, str]] = []
+    warned: set[str] = set()  # images already warned about (one warning per image)
+    evaluated = 0
+
+    def skip(path: str, reason: str) -> None:
+        skipped.append({"path": path, "reason": reason})
+        tqdm.write(f"camlens evaluate: skipped image {path}: {reason}", file=sys.stderr)
 
     first_batch: tuple[torch.Tensor, torch.Tensor] | None = None
     bar = tqdm(total=len(samples), desc="camlens evaluate", unit="img", file=sys.stderr, disable=not progress)
     try:
-        for x, index in loader:
-            x = x.to(dev)
+        for loaded in loader:
+            x, index = loaded
+            for marker in loaded.skipped:
+                skip(marker.path, marker.reason)
             # per image, once for all methods: the sample, its stored (W, H), its masks (PxAP)
-            batch = [(samples[int(i)], images.original_size(int(i))) for i in index]
-            masks = [load_masks(s) if need_gt and s.masks else (None, None) for s, _ in batch]
+            keep, batch, masks = [], [], []
+            for position, i in enumerate(index.tolist()):
+                sample = samples[i]
+                try:
+                    size = images.original_size(i)
+                    mask = load_masks(sample) if need_gt and sample.masks else (None, None)
+                except (ValueError, OSError, Image.DecompressionBombError) as err:  # DatasetError is a ValueError
+                    skip(str(sample.path), getattr(err, "problem", str(err)))
+                    continue
+                keep.append(position)
+                batch.append((sample, size))
+                masks.append(mask)
+            seen = len(index) + len(loaded.skipped)
+            if not batch:
+                bar.update(seen)
+                continue
+            x = x[keep].to(dev) if len(keep) < len(index) else x.to(dev)
+            paths = [str(s.path) for s, _ in batch]
+            evaluated += len(batch)
             labels = torch.tensor([s.label for s, _ in batch], device=dev)
             with torch.inference_mode():
                 logits = net(x)
+            _warn_nonfinite(logits, paths, warned, "the model's scores for this image are NaN or infinite")
             k = min(topk, logits.shape[1])
             top = logits.topk(k, dim=1).indices.clone()
             pred = top[:, 0]
@@ -291,22 +362,41 @@ def evaluate(
                 raise ValueError("localisation metrics need a class label for every image; this data set has none")
             columns = ([labels] if need_gt else []) + ([pred] if need_pred else [])
             if not columns:
-                bar.update(len(batch))
+                bar.update(seen)
                 continue
             targets = torch.stack(columns, 1)
             for name, explainer in explainers.items():
                 start = time.perf_counter()
                 exp = explainer(x, targets)
                 timing[name] += time.perf_counter() - start
+                _warn_nonfinite(exp.raw, paths, warned, f"the {name} map has NaN or infinite values (counted as 0)")
                 if need_gt:
                     _localization_batch(
                         name, exp, batch, masks, labels, top, meters, pictures, examples, threshold, wanted
                     )
                 if need_pred:
-                    _faithfulness_batch(name, net, x, exp.maps[:, -1], pred, faith[name], wanted, steps)
-            bar.update(len(batch))
+                    maps = exp.maps[:, -1].nan_to_num(0.0, 0.0, 0.0)
+                    _faithfulness_batch(name, net, x, maps, pred, faith[name], wanted, steps)
+                    # this batch's per-image scores (the curves' fractions are shared, stored once)
+                    scores = [
+                        torch.as_tensor(np.asarray(v[-1], dtype=np.float64)).reshape(len(batch), -1)
+                        for key, v in faith[name].items()
+                        if not key.endswith("_fractions")
+                    ]
+                    _warn_nonfinite(
+                        torch.cat(scores, 1),
+                        paths,
+                        warned,
+                        f"a {name} faithfulness score is NaN or infinite (averages that include it are null)",
+                    )
+            bar.update(seen)
     finally:
         bar.close()
+    if not evaluated:
+        first = skipped[0] if skipped else {"path": "", "reason": "no image"}
+        raise ValueError(
+            f"no image could be read: first: {first['path']}: {first['reason']} ({len(skipped)} images skipped)"
+        )
 
     rows: dict[str, dict[str, Any]] = {}
     curves: dict[str, dict[str, Any]] = {}
@@ -323,15 +413,72 @@ def evaluate(
             hits = meters[name]["pointing"]
             row["pointing_acc"] = 100.0 * float(np.mean(hits)) if hits else None
         row.update(_faithfulness_summary(faith[name], curves.setdefault(name, {})))
-        row["seconds_per_image"] = timing[name] / len(samples)
+        row["seconds_per_image"] = timing[name] / evaluated
         rows[name] = row
     if "sanity" in wanted and first_batch is not None:
         _sanity(names, explainers, net, layer, first_batch, rows, outdir, progress, options)
-    result = Evaluation(names, rows, len(samples), bundle.name, str(getattr(data, "root", "")), curves=curves, topk=k)
+    result = Evaluation(
+        names, rows, evaluated, bundle.name, str(getattr(data, "root", "")), curves=curves, topk=k, skipped=skipped
+    )
     if outdir is not None:
-        result.files.update(_write_pictures(outdir, pictures, curves))
+        result.files.update(_write_pictures(outdir, pictures, curves, data.root, max_pixels))
         result.write(outdir)
     return result
+
+
+def _check_arguments(
+    limit: int | None,
+    batch_size: int,
+    workers: int,
+    steps: int,
+    examples: int,
+    topk: int,
+    threshold: float,
+    sanity_images: int,
+    max_pixels: int | None,
+) -> None:
+    """ValueError naming the argument, what was received and the fix, for any value out of range."""
+    checks: list[tuple[str, Any, bool, str, str]] = [
+        (
+            "limit",
+            limit,
+            limit is None or limit >= 1,
+            "None or >= 1",
+            "pass how many images to evaluate, or None for all",
+        ),
+        ("batch_size", batch_size, batch_size >= 1, ">= 1", "pass the number of images per batch, e.g. 16"),
+        ("workers", workers, workers >= 0, ">= 0", "pass 0 to read images in this process, or a number of workers"),
+        ("steps", steps, steps >= 1, ">= 1", "pass the number of deletion / insertion steps, e.g. 20"),
+        ("examples", examples, examples >= 0, ">= 0", "pass the number of example pictures per method, 0 for none"),
+        ("topk", topk, topk >= 1, ">= 1", "pass K of the top-K errors, e.g. 5"),
+        (
+            "threshold",
+            threshold,
+            math.isfinite(threshold) and 0 < threshold <= 1,
+            "a finite number in (0, 1]",
+            "pass a fraction of the map's maximum, e.g. 0.2",
+        ),
+        ("sanity_images", sanity_images, sanity_images >= 1, ">= 1", "pass how many images to check, e.g. 2"),
+        (
+            "max_pixels",
+            max_pixels,
+            max_pixels is None or max_pixels >= 1,
+            "None or >= 1",
+            "pass a pixel budget, or None for no limit",
+        ),
+    ]
+    for name, value, ok, rule, fix in checks:
+        if not ok:
+            raise ValueError(f"{name} must be {rule}, got {value!r}; {fix}")
+
+
+def _warn_nonfinite(values: torch.Tensor, paths: list[str], warned: set[str], what: str) -> None:
+    """One warning per image (``values`` has one row per image) with a NaN or infinite value, naming the file."""
+    bad = ~torch.isfinite(values.detach()).reshape(len(paths), -1).all(1)
+    for path, is_bad in zip(paths, bad.tolist()):
+        if is_bad and path not in warned:
+            warned.add(path)
+            warnings.warn(f"{path}: {what}", RuntimeWarning, stacklevel=3)
 
 
 def _meters(names: list[str], topk: int) -> dict[str, dict[str, Any]]:
@@ -341,8 +488,12 @@ def _meters(names: list[str], topk: int) -> dict[str, dict[str, Any]]:
 
 
 def _to_original(raw: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
-    """ReLU of a low-resolution map, bilinearly resized to (H0, W0), normalised as ``Explanation.maps``."""
-    cam = F.interpolate(raw.float().clamp(min=0)[None, None], size=size, mode="bilinear", align_corners=False)
+    """ReLU of a low-resolution map, bilinearly resized to (H0, W0), normalised as ``Explanation.maps``.
+
+    NaN and infinite values (warned about by :func:`evaluate`) count as 0, so they cannot spread over the map.
+    """
+    finite = raw.float().nan_to_num(0.0, 0.0, 0.0)
+    cam = F.interpolate(finite.clamp(min=0)[None, None], size=size, mode="bilinear", align_corners=False)
     return normalize_maps(cam)[0, 0].cpu().numpy()
 
 
@@ -434,35 +585,49 @@ def _sanity(names, explainers, net, layer, first_batch, rows, outdir, progress, 
             res.plot(outdir / f"sanity_{name}.png")
 
 
-def _write_pictures(out: Path, pictures: dict[str, list[Any]], curves: dict[str, dict[str, Any]]) -> dict[str, str]:
-    """Example pictures (map, ground-truth boxes red, predicted box green) and the mean curves."""
-    from PIL import Image
+def _write_pictures(
+    out: Path,
+    pictures: dict[str, list[Any]],
+    curves: dict[str, dict[str, Any]],
+    root: Path,
+    max_pixels: int | None = MAX_PIXELS,
+) -> dict[str, str]:
+    """Example pictures (map, ground-truth boxes red, predicted box green) and the mean curves.
 
-    from camlens import viz
+    Per method: ``examples/METHOD.png`` (the grid) and one picture per image in ``examples/METHOD/``, named
+    after the image's path relative to ``root`` by :class:`camlens._paths.NameBook` (image ids are untrusted:
+    ``../../x`` or ``...png`` become safe, unique names) and confined to ``out`` by :func:`camlens._paths.inside`.
+    """
+    from camlens import viz, zoo
 
     files: dict[str, str] = {}
-    folder = out / "examples"
     rows = []
     for name, items in pictures.items():
         if not items:
             continue
+        method = safe_name(name, "method")
+        folder = inside(out, "examples", method)
         folder.mkdir(parents=True, exist_ok=True)
+        book = NameBook()
         row = []
         for sample, cam, box, correct in items:
-            with Image.open(sample.path) as stored:  # stored orientation: the boxes' pixel grid
-                picture = viz.overlay(stored.convert("RGB"), cam)
+            stored = zoo.load_image(sample.path, max_pixels=max_pixels, upright=False)  # the boxes' pixel grid
+            picture = viz.overlay(stored, cam)
             for gt in np.asarray(sample.boxes).reshape(-1, 4):
                 picture = viz.draw_box(picture, [int(np.rint(v)) for v in gt], None, color="#ff3333")
             label = f"{name} {'top-1 ok' if correct else 'top-1 wrong'}"
             predicted = [int(v) for v in box[0]] if len(box) else None
             picture = viz.draw_box(picture, predicted, label, color="#00ff66")
-            row.append(picture.resize((256, max(1, round(256 * picture.height / picture.width)))))
-        path = folder / f"{name}.png"
+            picture = picture.resize((256, max(1, round(256 * picture.height / picture.width))))
+            picture.save(inside(out, "examples", method, book.name(sample.path, root) + ".png"))
+            row.append(picture)
+        path = inside(out, "examples", f"{method}.png")
         viz.grid(row).save(path)
         files[f"examples_{name}"] = str(path)
+        files[f"examples_{name}_images"] = str(folder)
         rows.append(row)
     if rows:
-        path = out / "examples.png"
+        path = inside(out, "examples.png")
         viz.grid([p for row in rows for p in row], columns=len(rows[0])).save(path)
         files["examples"] = str(path)
     files.update(_plot_curves(out, curves))
