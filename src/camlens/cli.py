@@ -109,6 +109,7 @@ def _parser() -> argparse.ArgumentParser:
     gp.add_argument("--out", default="camlens-gap.pt", help="checkpoint file (default camlens-gap.pt)")
     gp.add_argument("--device", default="cpu")
     gp.add_argument("--seed", type=int, default=0)
+    _max_pixels_arg(gp)
     bench = sub.add_parser("bench", help="built-in benchmarks")
     bench_sub = bench.add_subparsers(dest="bench")
     wsol = bench_sub.add_parser(
@@ -668,6 +669,7 @@ def _gapify(args: argparse.Namespace) -> int:
         ("--train-blocks", args.train_blocks, -1, None),
         ("--val-fraction", args.val_fraction, 0.0, 0.99),
         ("--image-size", args.image_size, 1, None),
+        ("--max-pixels", args.max_pixels, 1, None),
     )
     if args.lr == 0:
         raise _UsageError("--lr must be > 0, got 0")
@@ -701,6 +703,7 @@ def _gapify(args: argparse.Namespace) -> int:
             image_size=size,
             mean=bundle.mean,
             std=bundle.std,
+            max_pixels=args.max_pixels,
         )
     except (ValueError, TypeError) as err:
         raise _UsageError(str(err)) from err

@@ -841,7 +841,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
         if config.get("source"):
             from camlens.zoo import load_model
 
-            original = load_model(config["source"], random_weights=True).model
+            original = load_model(config["source"], random_weights=True, trust=trust).model
             net = convert(
                 original,
                 num_classes=config["num_classes"],
