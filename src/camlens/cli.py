@@ -651,6 +651,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     print(f"{bundle.name} on {args.dataset}: {result.images} images\n")
     print(result.markdown())
     print(f"\ncamlens: wrote {', '.join(sorted(set(result.files.values())))}", file=sys.stderr)
+    if result.skipped:
+        print(f"camlens: {len(result.skipped)} image(s) skipped (see above and results.json)", file=sys.stderr)
+        return 2
     return 0
 
 
