@@ -9,71 +9,20 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from camlens._perturb import perturbed_scores
 from camlens.capture import capture
 from camlens.explanation import normalize_maps
 from camlens.methods.base import CAMMethod, Context
 from camlens.registry import register
+from camlens.targets import RowScorer
 
 __all__ = ["AblationCAM", "ScoreCAM"]
-
-
-def _chunks(n: int, size: int) -> Iterator[tuple[int, int]]:
-    for start in range(0, n, size):
-        yield start, min(start + size, n)
-
-
-def _progress(total: int, desc: str, enabled: bool | None) -> Any:
-    from tqdm.auto import tqdm
-
-    disable = total < 256 if enabled is None else not enabled
-    return tqdm(total=total, desc=desc, unit="fwd", disable=disable, leave=False)
-
-
-def _perturbed_scores(
-    n: int,
-    run: Callable[[int, int], Any],
-    score: Callable[[Any, int, int], torch.Tensor],
-    batch_size: int,
-    desc: str,
-    progress: bool | None,
-) -> torch.Tensor:
-    """Scores of ``n`` perturbed forward passes, ``batch_size`` at a time, under inference mode.
-
-    ``run(start, stop)`` runs the model on perturbations ``start:stop`` and returns its output;
-    ``score(output, start, stop)`` turns that into (stop - start, K) target scores.
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    parts = []
-    with torch.inference_mode(), _progress(n, desc, progress) as bar:
-        for start, stop in _chunks(n, batch_size):
-            parts.append(score(run(start, stop), start, stop))
-            bar.update(stop - start)
-    return torch.cat(parts) if parts else torch.empty(0)
-
-
-def _target_scorer(ctx: Context, kind: str) -> Callable[[Any, torch.Tensor], torch.Tensor]:
-    """(output of perturbed copies of samples ``rows``) -> their (n, K) target scores."""
-
-    def score(output: Any, rows: torch.Tensor) -> torch.Tensor:
-        if ctx.ids is None:
-            assert callable(ctx.targets)
-            s = ctx.targets(output)
-            return s[:, None] if s.dim() == 1 else s
-        # scores in at least float32 (half-precision models), never below the model's precision
-        logits = output if output.dtype in (torch.float32, torch.float64) else output.float()
-        if kind == "prob":
-            logits = logits.softmax(1)
-        return logits.gather(1, ctx.ids[rows])
-
-    return score
 
 
 @register("scorecam")
@@ -128,22 +77,26 @@ class ScoreCAM(CAMMethod):
         varying = (flat.amax(-1) - flat.amin(-1)) > 0  # (B, C); constant maps give zero masks
         pairs = varying.nonzero()  # (n, 2): sample, channel
         size = x.shape[-2:]
-        scorer = _target_scorer(ctx, self.score)
-        # one extra row per sample: the baseline, the all-zero input
-        base_rows = torch.arange(b, device=x.device)
+        scorer = _scorer(ctx, "probability" if self.score == "prob" else "logit")
 
-        def run(start: int, stop: int) -> Any:
-            sel = pairs[start:stop]
+        def masked_input(rows: slice) -> Any:
+            sel = pairs[rows]
             low = a[sel[:, 0], sel[:, 1]][:, None]
             masks = F.interpolate(low, size=size, mode="bilinear", align_corners=self.align_corners)
             return self.model(self._layout(x[sel[:, 0]] * normalize_maps(masks)))
 
-        def score(output: Any, start: int, stop: int) -> torch.Tensor:
-            return scorer(output, pairs[start:stop, 0])
-
-        masked = _perturbed_scores(len(pairs), run, score, self.batch_size, "Score-CAM", self.progress)
-        with torch.inference_mode():
-            base = scorer(self.model(self._layout(torch.zeros_like(x))), base_rows)  # (B, K)
+        masked = perturbed_scores(
+            masked_input, pairs[:, 0], scorer, self.batch_size, desc="Score-CAM", progress=self.progress
+        )
+        # the baseline, the all-zero input, of every sample in one forward
+        base = perturbed_scores(
+            lambda rows: self.model(self._layout(torch.zeros_like(x[rows]))),
+            torch.arange(b, device=x.device),
+            scorer,
+            b,
+            desc="Score-CAM baseline",
+            progress=False,
+        )  # (B, K)
         k = base.shape[1]
         scores = base[:, :, None].expand(b, k, c).clone()
         if len(pairs):
@@ -183,7 +136,7 @@ class AblationCAM(CAMMethod):
         b, c = a.shape[:2]
         active = a.flatten(2).ne(0).any(-1)  # (B, C)
         pairs = active.nonzero()
-        scorer = _target_scorer(ctx, "logit")
+        scorer = _scorer(ctx, "logit")
         replay = self._replay_is_exact(ctx)
 
         def ablated(sel: torch.Tensor) -> torch.Tensor:
@@ -191,23 +144,22 @@ class AblationCAM(CAMMethod):
             out[torch.arange(len(sel)), sel[:, 1]] = 0
             return out
 
-        def run(start: int, stop: int) -> Any:
-            sel = pairs[start:stop]
+        def ablated_forward(rows: slice) -> Any:
+            sel = pairs[rows]
             if replay:
                 # one front pass per sample in the chunk; the tail runs on all its ablations at once
                 outs = []
                 for sample in sel[:, 0].unique_consecutive():
-                    rows = sel[sel[:, 0] == sample]
-                    with capture(self.model, ctx.layer, grad=False, replace=lambda _, r=rows: ablated(r)):
+                    own = sel[sel[:, 0] == sample]
+                    with capture(self.model, ctx.layer, grad=False, replace=lambda _, r=own: ablated(r)):
                         outs.append(self.model(x[int(sample) : int(sample) + 1]))
                 return torch.cat(outs)
             with capture(self.model, ctx.layer, grad=False, replace=lambda out: _zero_channels(out, sel[:, 1])):
                 return self.model(x[sel[:, 0]])
 
-        def score(output: Any, start: int, stop: int) -> torch.Tensor:
-            return scorer(output, pairs[start:stop, 0])
-
-        ablated_scores = _perturbed_scores(len(pairs), run, score, self.batch_size, "Ablation-CAM", self.progress)
+        ablated_scores = perturbed_scores(
+            ablated_forward, pairs[:, 0], scorer, self.batch_size, desc="Ablation-CAM", progress=self.progress
+        )
         y = ctx.scores.to(a.dtype)  # (B, K)
         k = y.shape[1]
         yk = y[:, :, None].expand(b, k, c).clone()
@@ -239,6 +191,14 @@ class AblationCAM(CAMMethod):
         ref = ctx.output[:1]
         tol = 1e-4 * max(1.0, float(ref.abs().max()))
         return bool((out - ref).abs().max() <= tol)
+
+
+def _scorer(ctx: Context, kind: str) -> RowScorer:
+    """The one scorer of perturbed copies, for the call's targets (class ids or the callable, K per sample)."""
+    if ctx.ids is not None:
+        return RowScorer(ctx.ids, kind)
+    assert callable(ctx.targets)  # resolve_targets gives no ids only for a callable
+    return RowScorer(ctx.targets, kind, k=int(ctx.scores.shape[1]))
 
 
 def _zero_channels(out: torch.Tensor, channels: torch.Tensor) -> torch.Tensor:
