@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 from torch import nn
 
 import camlens
@@ -175,7 +176,6 @@ def test_substrates_by_hand() -> None:
 
 
 def test_blur_is_rises_gaussian_kernel() -> None:
-    ndimage = pytest.importorskip("scipy.ndimage")
     # RISE evaluation.py: gkern(11, 5) = gaussian_filter(delta) on the channel diagonal; conv2d with padding 5.
     delta = np.zeros((11, 11))
     delta[5, 5] = 1
@@ -380,7 +380,6 @@ def test_agrees_with_pytorch_grad_cam_confidence_metrics() -> None:
 
 
 def test_imputation_of_single_pixels_by_hand() -> None:
-    pytest.importorskip("scipy")
     # Centre of [[0, 6, 0], [0, ?, 0], [0, 0, 12]]: direct neighbours 6, 0, 0, 0 weigh 1/6, diagonal 0, 0, 0, 12
     # weigh 1/12: 6/6 + 12/12 = 2.
     img = torch.tensor([[[0.0, 6.0, 0.0], [0.0, 99.0, 0.0], [0.0, 0.0, 12.0]]])
@@ -398,7 +397,6 @@ def test_imputation_of_single_pixels_by_hand() -> None:
 
 
 def test_imputation_solves_removed_neighbours_together() -> None:
-    pytest.importorskip("scipy")
     # One row [0, X, Y, 3] with X, Y removed: X = (0 + Y) / 2, Y = (X + 3) / 2 -> X = 1, Y = 2 (a straight line),
     # in both channels (the second is the first times -2).
     img = torch.tensor([[[0.0, 50.0, 50.0, 3.0]], [[0.0, 50.0, 50.0, -6.0]]], dtype=torch.float64)
@@ -412,7 +410,6 @@ def test_imputation_solves_removed_neighbours_together() -> None:
 
 
 def test_imputation_noise_is_seeded_and_spares_kept_pixels() -> None:
-    pytest.importorskip("scipy")
     # A zero image with all but one pixel removed imputes zeros, plus N(0, 0.5^2) noise on the 1023 removed pixels.
     img = torch.zeros(1, 32, 32, dtype=torch.float64)
     removed = torch.ones(32, 32, dtype=torch.bool)
@@ -438,7 +435,6 @@ def test_imputation_agrees_with_pytorch_grad_cam() -> None:
 
 
 def test_road_by_hand_on_a_row() -> None:
-    pytest.importorskip("scipy")
     # Row [0, 5, 2, 3], w = 1: base logit 10. Map [0, 1, .5, .2] ranks pixel 1 first, pixel 0 last.
     x = torch.tensor([0.0, 5.0, 2.0, 3.0], dtype=torch.float64).view(1, 1, 1, 4)
     model, sal = Lin(torch.ones(1, 1, 1, 4)), torch.tensor([[[0.0, 1.0, 0.5, 0.2]]])

@@ -45,9 +45,14 @@ from typing import Any, Union
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.ndimage import gaussian_filter
+from scipy.sparse import coo_matrix
+from scipy.sparse.linalg import spsolve
 from torch import nn
 
+from camlens._perturb import perturbed_scores
 from camlens._state import preserved
+from camlens.targets import RowScorer, _check_score_kind, class_ids, resolve_targets
 
 __all__ = [
     "Curve",
@@ -64,6 +69,12 @@ __all__ = [
 
 MetricTargets = Union[None, int, Sequence[int], np.ndarray, torch.Tensor, Callable[[Any], torch.Tensor]]
 Substrate = Union[str, torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]
+
+# numpy >= 2 names it trapezoid (and 2.4 dropped trapz); numpy 1.24-1.26 (pyproject's floor) has only trapz
+try:
+    _TRAPEZOID = np.trapezoid
+except AttributeError:  # numpy < 2
+    _TRAPEZOID = np.trapz  # type: ignore[attr-defined]
 
 # ROAD's neighbour weights (Rong et al. 2022; tleemann/road_evaluation, road/imputations.py):
 # 1/6 for the four direct neighbours, 1/12 for the four diagonal ones (they sum to 1).
@@ -163,125 +174,66 @@ def _check_batch_size(batch_size: int | None, inputs: torch.Tensor) -> int:
     return batch_size
 
 
-def _class_scores(output: Any, ids: torch.Tensor, score: str) -> torch.Tensor:
-    if not isinstance(output, torch.Tensor) or output.dim() != 2:
-        shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
-        raise ValueError(
-            f"class-id targets need a model output of shape (batch, classes), got {shape}; "
-            "pass targets=callable(output) -> (batch,) scores for other outputs"
-        )
-    values = output.softmax(dim=1) if score == "probability" else output
-    return values.gather(1, ids.to(output.device)[:, None])[:, 0]
+def _row_scorer(
+    model: nn.Module, inputs: torch.Tensor, targets: MetricTargets, score: str, batch_size: int
+) -> RowScorer:
+    """The one scorer (:class:`camlens.targets.RowScorer`) for one target per image.
+
+    ``None`` (or ``"top1"``) resolves to each image's top class on the unperturbed input, in forwards of
+    ``batch_size`` images; class ids are checked by camlens.targets' one validator.
+    """
+    _check_score_kind(score)
+    batch = inputs.shape[0]
+    if callable(targets) and not isinstance(targets, torch.Tensor):
+        return RowScorer(targets, score, k=1)
+    if targets is None or isinstance(targets, str):
+        spec = targets
+
+        def top_ids(output: Any, _: torch.Tensor) -> torch.Tensor:
+            ids = resolve_targets(spec, output)[1]
+            assert ids is not None  # class ids, not a callable
+            return ids
+
+        with preserved(model):
+            top = perturbed_scores(
+                lambda rows: model(inputs[rows]),
+                torch.arange(batch),
+                top_ids,
+                batch_size,
+                desc="targets",
+                progress=False,
+            )
+        return RowScorer(class_ids(top, batch, k=1), score)
+    return RowScorer(class_ids(targets, batch, device=inputs.device, k=1), score)
 
 
-class _Scorer:
-    """The target score of each row of a batch of perturbed images, given which image each row came from."""
-
-    def __init__(self, model: nn.Module, inputs: torch.Tensor, targets: MetricTargets, score: str, batch_size: int):
-        if score not in ("probability", "logit"):
-            raise ValueError(f"score must be 'probability' or 'logit', got {score!r}")
-        self.score = score
-        self.fn: Callable[[Any], torch.Tensor] | None = None
-        batch = inputs.shape[0]
-        if callable(targets) and not isinstance(targets, torch.Tensor):
-            self.fn = targets
-            self.ids = torch.zeros(batch, dtype=torch.long)
-            return
-        if targets is None:
-            tops = []
-            with torch.inference_mode(), preserved(model):
-                for start in range(0, batch, batch_size):
-                    out = model(inputs[start : start + batch_size])
-                    _class_scores(out, torch.zeros(out.shape[0], dtype=torch.long), "logit")  # shape check
-                    tops.append(out.argmax(dim=1).cpu())
-            self.ids = torch.cat(tops)
-            return
-        if isinstance(targets, bool):
-            raise TypeError("targets must be class ids, None or a callable, not a bool")
-        if isinstance(targets, int):
-            ids = torch.full((batch,), targets, dtype=torch.long)
-        else:
-            ids = torch.as_tensor(np.asarray(targets.cpu() if isinstance(targets, torch.Tensor) else targets))
-            if ids.is_floating_point() or ids.dtype == torch.bool or ids.is_complex():
-                raise TypeError(f"class-id targets must be integers, got dtype {ids.dtype}")
-            ids = ids.long().reshape(-1)
-            if ids.numel() != batch:
-                raise ValueError(f"targets has {ids.numel()} class ids for a batch of {batch}: give one id per image")
-        if bool((ids < 0).any()):
-            raise ValueError(f"class ids must be >= 0, got {ids.tolist()}")
-        self.ids = ids
-
-    def __call__(self, output: Any, owners: torch.Tensor) -> torch.Tensor:
-        if self.fn is not None:
-            values = self.fn(output)
-            if not isinstance(values, torch.Tensor) or values.dim() != 1 or values.shape[0] != owners.shape[0]:
-                got = tuple(values.shape) if isinstance(values, torch.Tensor) else type(values).__name__
-                raise ValueError(
-                    f"a target callable must return one score per row, shape ({owners.shape[0]},), got {got}"
-                )
-            return values
-        ids = self.ids[owners]
-        if isinstance(output, torch.Tensor) and output.dim() == 2 and int(ids.max()) >= output.shape[1]:
-            raise ValueError(f"class id {int(ids.max())} is out of range: the model has {output.shape[1]} classes")
-        return _class_scores(output, ids, self.score)
-
-
-def _batched_scores(
+def _scores(
     model: nn.Module,
     owners: torch.Tensor,
     build: Callable[[slice], torch.Tensor],
-    scorer: _Scorer,
+    scorer: RowScorer,
     batch_size: int,
     progress: bool,
     desc: str,
 ) -> np.ndarray:
-    """Score ``len(owners)`` perturbed images, ``batch_size`` per forward; ``build(slice)`` makes a chunk.
+    """(N,) float64 scores of the perturbed images ``build(rows)``, through the one chunked forward.
 
-    The one routine every perturbation metric here goes through: a curve of S+1 points for B images
-    costs ceil(B * (S+1) / batch_size) forwards, and only one chunk of images exists at a time.
+    A curve of S+1 points for B images costs ceil(B * (S+1) / batch_size) forwards, and only one chunk
+    of images exists at a time; the model's state is restored afterwards (:func:`camlens._state.preserved`).
     """
-    from tqdm.auto import tqdm
-
-    total = int(owners.shape[0])
-    out = np.empty(total, dtype=np.float64)
-    bar = tqdm(total=total, desc=desc, unit="img", disable=not progress)
-    with torch.inference_mode(), preserved(model), bar:
-        for start in range(0, total, batch_size):
-            part = slice(start, min(start + batch_size, total))
-            values = scorer(model(build(part)), owners[part])
-            out[part] = values.detach().double().cpu().numpy()
-            bar.update(part.stop - part.start)
-    return out
+    with preserved(model):
+        values = perturbed_scores(
+            lambda rows: model(build(rows)), owners, scorer, batch_size, desc=desc, progress=progress
+        )
+    return values[:, 0].detach().double().cpu().numpy()
 
 
 def _trapezoid(scores: np.ndarray, fractions: np.ndarray) -> np.ndarray:
-    """(B,) trapezoid area of each row of ``scores`` over ``fractions`` (np.trapezoid needs numpy 2)."""
-    if fractions.size < 2:
-        return np.zeros(scores.shape[0])
-    return ((scores[:, 1:] + scores[:, :-1]) / 2 * np.diff(fractions)).sum(axis=1)
+    """(B,) trapezoid area of each row of ``scores`` over ``fractions``."""
+    return np.asarray(_TRAPEZOID(scores, fractions, axis=1), dtype=np.float64)
 
 
 # ------------------------------------------------------------------------------------ deletion / insertion
-
-
-def _rise_kernel(klen: int, sigma: float) -> np.ndarray:
-    """RISE's ``gkern(klen, nsig)``: ``scipy.ndimage.gaussian_filter`` of a centred delta, without scipy.
-
-    gaussian_filter uses a normalised Gaussian of radius ``int(4 * sigma + 0.5)`` and mode "reflect"
-    (d c b a | a b c d | d c b a), so the tails beyond the klen x klen window fold back into it; the 2-D
-    kernel is the outer product of the 1-D one (the filter and the delta are both separable).
-    """
-    radius = int(4.0 * sigma + 0.5)
-    taps = np.arange(-radius, radius + 1)
-    weights = np.exp(-0.5 * (taps / sigma) ** 2)
-    weights /= weights.sum()
-    centre, period = klen // 2, 2 * klen
-    one_d = np.zeros(klen)
-    for i in range(klen):
-        index = np.mod(i + taps, period)
-        index = np.where(index >= klen, period - 1 - index, index)
-        one_d[i] = weights[index == centre].sum()
-    return np.outer(one_d, one_d)
 
 
 def blur_substrate(inputs: torch.Tensor, klen: int = 11, sigma: float = 5.0) -> torch.Tensor:
@@ -292,7 +244,10 @@ def blur_substrate(inputs: torch.Tensor, klen: int = 11, sigma: float = 5.0) -> 
     (pulls towards 0) a 5-pixel border.
     """
     channels = inputs.shape[1]
-    kernel = torch.as_tensor(_rise_kernel(klen, sigma), dtype=inputs.dtype, device=inputs.device)
+    # RISE's gkern(klen, nsig): scipy's gaussian_filter of a centred delta (mode "reflect" folds the tails in)
+    delta = np.zeros((klen, klen))
+    delta[klen // 2, klen // 2] = 1
+    kernel = torch.as_tensor(gaussian_filter(delta, sigma), dtype=inputs.dtype, device=inputs.device)
     with torch.no_grad():
         return F.conv2d(inputs, kernel.expand(channels, 1, klen, klen), padding=klen // 2, groups=channels)
 
@@ -342,7 +297,7 @@ def _causal_curve(
     if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= pixels:
         raise ValueError(f"steps must be an int between 1 and the number of pixels ({pixels}), got {steps!r}")
     _warn_if_training(model, f"{name}_curve")
-    scorer = _Scorer(model, inputs, targets, score, batch_size)
+    scorer = _row_scorer(model, inputs, targets, score, batch_size)
     base = _substrate(inputs, substrate)
     ranks = _ranks(maps)
     # Step k perturbs the first floor(k * N / S) pixels of the order: equal steps of whole pixels.
@@ -360,7 +315,7 @@ def _causal_curve(
         mixed = torch.where(top[:, None, :], flat_to[own], flat_from[own])
         return mixed.view(-1, *inputs.shape[1:])
 
-    scores = _batched_scores(model, owners, build, scorer, batch_size, progress, name).reshape(batch, points)
+    scores = _scores(model, owners, build, scorer, batch_size, progress, name).reshape(batch, points)
     fractions = counts.cpu().numpy().astype(np.float64) / pixels
     return Curve(fractions=fractions, scores=scores, auc=_trapezoid(scores, fractions))
 
@@ -505,11 +460,11 @@ def average_drop_increase(
             f"[{low:.4g}, {high:.4g}]. Pass Explanation.maps or camlens.normalize_maps(...)"
         )
     _warn_if_training(model, "average_drop_increase", 3)
-    scorer = _Scorer(model, inputs, targets, score, batch_size)
+    scorer = _row_scorer(model, inputs, targets, score, batch_size)
     batch = inputs.shape[0]
     explained = maps.to(inputs.dtype)[:, None] * inputs
     stacked = torch.cat([inputs, explained])  # the B originals, then the B explanation maps E = L * I
-    both = _batched_scores(
+    both = _scores(
         model, torch.arange(batch).repeat(2), lambda part: stacked[part], scorer, batch_size, False, "average drop"
     )
     original, masked = both[:batch], both[batch:]
@@ -574,12 +529,6 @@ def noisy_linear_imputation(
     Returns:
         (C, H, W) tensor like ``image``.
     """
-    try:
-        from scipy.sparse import coo_matrix
-        from scipy.sparse.linalg import spsolve
-    except ImportError as err:  # scipy is an optional dependency, needed only here
-        raise ImportError("ROAD's noisy linear imputation needs scipy: pip install scipy") from err
-
     mask = removed.detach().cpu().numpy() if isinstance(removed, torch.Tensor) else np.asarray(removed)
     mask = mask.astype(bool)
     channels, height, width = image.shape
@@ -686,7 +635,7 @@ def road(
     if not noise >= 0:
         raise ValueError(f"noise must be a standard deviation >= 0, got {noise!r}")
     _warn_if_training(model, "road", 3)
-    scorer = _Scorer(model, inputs, targets, score, batch_size)
+    scorer = _row_scorer(model, inputs, targets, score, batch_size)
     batch, pixels = inputs.shape[0], maps.shape[1] * maps.shape[2]
     ranks = _ranks(maps, descending=order == "morf")
     counts = np.floor(fractions * pixels + 1e-9).astype(np.int64)
@@ -707,7 +656,7 @@ def road(
             images.append(noisy_linear_imputation(inputs[image], removed, noise, rng))
         return torch.stack(images)
 
-    values = _batched_scores(model, owners, build, scorer, batch_size, progress, f"road {order}")
+    values = _scores(model, owners, build, scorer, batch_size, progress, f"road {order}")
     scores = values[: batch * points].reshape(batch, points)
     auc = _trapezoid(scores, fractions)
     return Curve(fractions=fractions, scores=scores, auc=auc, base=values[batch * points :])
