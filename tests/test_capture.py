@@ -8,16 +8,20 @@ output (and hands the network a copy, so later in-place ops do not touch the sto
 
 from __future__ import annotations
 
+import threading
 import warnings
 from typing import Any
 
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision
 from torch import nn
 
 import camlens
 from camlens import zoo
+from camlens._state import model_lock
+from camlens.capture import count_calls, trace_calls
 from tests import nets
 
 METHODS = camlens.methods()
@@ -295,6 +299,85 @@ def test_a_layer_under_an_alias_name() -> None:
     assert model.get_submodule("features") is model.net.features
     expected = camlens.explain(model, x, layer="net.features", targets=[1, 2])
     torch.testing.assert_close(camlens.explain(model, x, layer="features", targets=[1, 2]).raw, expected.raw)
+
+
+# ---------------------------------------------------------------- the call trace
+
+
+class _Traced(nn.Module):
+    """A container, a module called twice and a functional op between its calls."""
+
+    def __init__(self, fail: bool = False) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
+        self.act = nn.ReLU()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(4, 2)
+        self.fail = fail
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.act(self.body(x))
+        y = F.max_pool2d(y, 2)  # functional: no module call, but it halves the next call's output
+        y = self.act(y)
+        if self.fail:
+            raise RuntimeError("boom inside the forward")
+        return self.fc(self.pool(y).flatten(1))
+
+
+def test_trace_calls_on_a_hand_built_net() -> None:
+    model = _Traced()
+    calls = trace_calls(model, torch.zeros(1, 3, 8, 8))
+    # One tick per call start and per return, in the forward's order:
+    #   body starts 1, body.0 2-3, body.1 4-5, body returns 6 (body.1's own tensor), act 7-8, act 9-10,
+    #   pool 11-12, fc 13-14. Listed as calls return; max_pool2d is not a module call.
+    expected = [
+        # layer, call, calls, output shape, start, end, same_as
+        ("body.0", 0, 1, (1, 4, 8, 8), 2, 3, None),
+        ("body.1", 0, 1, (1, 4, 8, 8), 4, 5, None),
+        ("body", 0, 1, (1, 4, 8, 8), 1, 6, 1),
+        ("act@0", 0, 2, (1, 4, 8, 8), 7, 8, None),
+        ("act@1", 1, 2, (1, 4, 4, 4), 9, 10, None),
+        ("pool", 0, 1, (1, 4, 1, 1), 11, 12, None),
+        ("fc", 0, 1, (1, 2), 13, 14, None),
+    ]
+    assert [(str(c.layer), c.call, c.calls, c.shape, c.start, c.end, c.same_as) for c in calls] == expected
+    assert [c.module for c in calls] == [
+        model.body[0],
+        model.body[1],
+        model.body,
+        model.act,
+        model.act,
+        model.pool,
+        model.fc,
+    ]
+    assert [c.name for c in sorted(calls, key=lambda c: c.start)] == [
+        "body", "body.0", "body.1", "act", "act", "pool", "fc"
+    ]  # fmt: skip
+    assert calls[4].layer == camlens.LayerRef("act", model.act, 1)
+    # the consumers read the same trace
+    assert str(camlens.find_layer(model, torch.zeros(2, 3, 8, 8))) == "act@1"
+    assert count_calls(model, torch.zeros(1, 3, 8, 8), model.act) == 2
+    assert count_calls(model, torch.zeros(1, 3, 8, 8), model.fc) == 1
+
+
+def test_trace_calls_removes_its_hooks_after_an_exception() -> None:
+    model = _Traced(fail=True)
+    spy = model.act.register_forward_hook(lambda m, args, out: None)  # the user's own hook stays
+    try:
+        with pytest.raises(RuntimeError, match="boom inside the forward"):
+            trace_calls(model, torch.zeros(1, 3, 8, 8))
+        hooks = {n: (len(m._forward_hooks), len(m._forward_pre_hooks)) for n, m in model.named_modules()}
+        assert hooks == {n: ((1, 0) if n == "act" else (0, 0)) for n, _ in model.named_modules()}
+        assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
+        # the model's lock is free again: another thread can take it
+        taken: list[bool] = []
+        thread = threading.Thread(target=lambda: taken.append(model_lock(model).acquire(timeout=5)))
+        thread.start()
+        thread.join()
+        assert taken == [True]
+    finally:
+        spy.remove()
 
 
 # ---------------------------------------------------------------- the automatic choice

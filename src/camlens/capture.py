@@ -28,7 +28,7 @@ from torch import nn
 
 from camlens._state import model_lock
 
-__all__ = ["LayerRef", "find_layer", "layer_names", "resolve_layer"]
+__all__ = ["CallRecord", "LayerRef", "count_calls", "find_layer", "layer_names", "resolve_layer", "trace_calls"]
 
 _CALL = re.compile(r"^(?P<name>.*)@(?P<call>-?\d+)$")
 
@@ -98,48 +98,94 @@ def resolve_layer(model: nn.Module, layer: str | nn.Module | LayerRef) -> LayerR
     return LayerRef(name, module, call)
 
 
-@dataclass
-class _Call:
+@dataclass(frozen=True)
+class CallRecord:
+    """One call of a submodule during a traced forward pass (see :func:`trace_calls`).
+
+    Attributes:
+        name: the module's name, as ``model.named_modules()`` gives it.
+        module: the module itself.
+        call: which of the module's calls this is, 0-based, counted as calls return.
+        calls: how many times the module ran in the forward pass.
+        shape: the output's shape, ``None`` when the output is not a tensor.
+        start: tick at which the call began and ``end`` the tick at which it returned; one counter
+            counts both, so ``a.end < b.start`` means call ``a`` was over before ``b`` began.
+        same_as: index in the trace of the latest earlier call that returned this very tensor (a
+            container passing on its last child's output, an in-place op), else ``None``.
+    """
+
     name: str
+    module: nn.Module = field(compare=False, repr=False)
     call: int
+    calls: int
     shape: tuple[int, ...] | None
-    pooling: bool
+    start: int
+    end: int
+    same_as: int | None = None
+
+    @property
+    def layer(self) -> LayerRef:
+        """The :class:`LayerRef` of this call, as ``layer=`` accepts it (``"name@i"`` for a module run twice)."""
+        return LayerRef(self.name, self.module, self.call if self.calls > 1 else None)
 
 
-def _trace_calls(model: nn.Module, x: torch.Tensor) -> list[_Call]:
-    """Every module call of one forward pass, in the order the calls return."""
-    calls: list[_Call] = []
-    counts: dict[int, int] = {}
+def trace_calls(model: nn.Module, inputs: torch.Tensor) -> list[CallRecord]:
+    """Every submodule call of one forward pass of ``inputs``, in the order the calls return.
+
+    The forward runs under ``torch.inference_mode()`` and the model's lock; the hooks are removed even
+    when the forward raises. The model itself is not listed; a module registered under two names is
+    listed under its ``named_modules()`` name. Sort by ``start`` for the order in which calls begin.
+
+    Example:
+        >>> [str(c.layer) for c in trace_calls(model, x) if c.shape and len(c.shape) == 4][-1]
+        'layer4'
+    """
+    seen: list[tuple[str, nn.Module, int, tuple[int, ...] | None, int, int, int | None]] = []
+    counts: dict[nn.Module, int] = {}
+    open_calls: dict[nn.Module, list[int]] = {}
+    returned: dict[int, tuple[weakref.ref[torch.Tensor], int]] = {}  # id(output) -> (output, index)
+    tick = 0
     handles = []
-    # Outputs of pooling modules, kept alive so their ids stay unique: a container returning one of
-    # them (VGG's ``features`` ends with pool5) is a pooling output too.
-    pooled: dict[int, torch.Tensor] = {}
 
-    def make_hook(name: str, module: nn.Module) -> Any:
-        is_pool = "pool" in type(module).__name__.lower()
+    def pre(module: nn.Module, args: Any) -> None:
+        nonlocal tick
+        tick += 1
+        open_calls.setdefault(module, []).append(tick)
 
-        def hook(mod: nn.Module, args: Any, out: Any) -> None:
-            index = counts.get(id(mod), 0)
-            counts[id(mod)] = index + 1
-            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else None
-            pooling = is_pool or id(out) in pooled
-            if pooling and isinstance(out, torch.Tensor):
-                pooled[id(out)] = out
-            calls.append(_Call(name, index, shape, pooling))
+    def make_post(name: str) -> Any:
+        def post(module: nn.Module, args: Any, out: Any) -> None:
+            nonlocal tick
+            tick += 1
+            index = counts.get(module, 0)
+            counts[module] = index + 1
+            same_as = None
+            shape = None
+            if isinstance(out, torch.Tensor):
+                shape = tuple(out.shape)
+                earlier = returned.get(id(out))
+                # a weak reference: keeping every output alive would hold the whole forward's memory
+                if earlier is not None and earlier[0]() is out:
+                    same_as = earlier[1]
+                returned[id(out)] = (weakref.ref(out), len(seen))
+            seen.append((name, module, index, shape, open_calls[module].pop(), tick, same_as))
 
-        return hook
+        return post
 
     with model_lock(model):  # another thread's forward would add its calls to the trace
         try:
             for name, module in model.named_modules():
                 if name:
-                    handles.append(module.register_forward_hook(make_hook(name, module)))
+                    handles.append(module.register_forward_pre_hook(pre))
+                    handles.append(module.register_forward_hook(make_post(name)))
             with torch.inference_mode():
-                model(x)
+                model(inputs)
         finally:
             for handle in handles:
                 handle.remove()
-    return calls
+    return [
+        CallRecord(name, module, call, counts[module], shape, start, end, same_as)
+        for name, module, call, shape, start, end, same_as in seen
+    ]
 
 
 def _submodule(model: nn.Module, name: str) -> nn.Module | None:
@@ -151,20 +197,7 @@ def _submodule(model: nn.Module, name: str) -> nn.Module | None:
 
 def count_calls(model: nn.Module, x: torch.Tensor, module: nn.Module) -> int:
     """How many times ``module`` runs in one forward pass of ``x``."""
-    count = 0
-
-    def hook(mod: nn.Module, args: Any, out: Any) -> None:
-        nonlocal count
-        count += 1
-
-    with model_lock(model):
-        handle = module.register_forward_hook(hook)
-        try:
-            with torch.inference_mode():
-                model(x)
-        finally:
-            handle.remove()
-    return count
+    return next((c.calls for c in trace_calls(model, x) if c.module is module), 0)
 
 
 def find_layer(model: nn.Module, x: torch.Tensor) -> LayerRef:
@@ -188,21 +221,22 @@ def _find_layer(model: nn.Module, x: torch.Tensor) -> LayerRef:
     known = _CHOSEN.get(model, {}).get(key)
     if known is not None and _submodule(model, known.name) is known.module:
         return known
-    calls = _trace_calls(model, x[:1])
-    spatial = [c for c in calls if c.shape is not None and len(c.shape) == 4]
-    # pooling modules are skipped: VGG's AdaptiveAvgPool2d((7, 7)) is spatial but only resamples
-    chosen = [c for c in spatial if not c.pooling and c.shape is not None and c.shape[2] * c.shape[3] > 1]
+    calls = trace_calls(model, x[:1])
+    # pooling modules are skipped, and so are containers passing a pooling output on (VGG's features)
+    pooling: list[bool] = []
+    for c in calls:
+        pooling.append("pool" in type(c.module).__name__.lower() or (c.same_as is not None and pooling[c.same_as]))
+    spatial = [(c, pool) for c, pool in zip(calls, pooling) if c.shape is not None and len(c.shape) == 4]
+    # VGG's AdaptiveAvgPool2d((7, 7)) is spatial but only resamples
+    chosen = [c for c, pool in spatial if not pool and c.shape is not None and c.shape[2] * c.shape[3] > 1]
     if not chosen:
-        chosen = [c for c in spatial if not c.pooling] or spatial
+        chosen = [c for c, pool in spatial if not pool] or [c for c, _ in spatial]
     if not chosen:
         raise ValueError(
             "no module of the model returns a 4-D (batch, channels, height, width) tensor; "
             "camlens explains convolutional feature maps: pass layer= a module that does"
         )
-    best = chosen[-1]
-    total = sum(1 for c in calls if c.name == best.name)
-    modules = dict(model.named_modules())
-    chosen_ref = LayerRef(best.name, modules[best.name], best.call if total > 1 else None)
+    chosen_ref = chosen[-1].layer
     _CHOSEN.setdefault(model, {})[key] = chosen_ref
     return chosen_ref
 

@@ -765,16 +765,12 @@ def _layers(args: argparse.Namespace) -> int:
     bundle = _bundle(args, args.model)
     x = torch.zeros(1, 3, bundle.size, bundle.size)
     default = camlens.find_layer(bundle.model, x)
-    from camlens.capture import _trace_calls
+    from camlens.capture import trace_calls
 
-    calls = _trace_calls(bundle.model, x)
-    total: dict[str, int] = {}
-    for c in calls:
-        total[c.name] = total.get(c.name, 0) + 1
-    for c in calls:
+    for c in trace_calls(bundle.model, x):
         if c.shape is None or len(c.shape) != 4:
             continue
-        name = c.name if total[c.name] == 1 else f"{c.name}@{c.call}"
+        name = str(c.layer)
         mark = "  <- default" if name == str(default) else ""
         print(f"{name:40s} {'x'.join(map(str, c.shape[1:]))}{mark}")
     return 0

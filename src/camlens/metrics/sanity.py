@@ -81,7 +81,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from camlens._state import model_lock
-from camlens.capture import LayerRef, resolve_layer
+from camlens.capture import LayerRef, resolve_layer, trace_calls
 from camlens.explanation import Explanation
 from camlens.registry import get_method
 from camlens.targets import Targets
@@ -305,32 +305,15 @@ class _Trace:
 
 
 def _trace(model: nn.Module, x: torch.Tensor, modules: dict[str, nn.Module]) -> _Trace:
-    """Run one forward pass of ``x`` recording the start and end of every call of ``modules``."""
+    """Run one forward pass of ``x`` (:func:`camlens.capture.trace_calls`) and read when each call of
+    ``modules`` starts and ends; a module that never runs has no entry."""
     trace = _Trace()
-    counter = [0]
-    handles = []
-
-    def make(key: str) -> tuple[Any, Any]:
-        def pre(mod: nn.Module, args: Any) -> None:
-            counter[0] += 1
-            trace.starts.setdefault(key, []).append(counter[0])
-
-        def post(mod: nn.Module, args: Any, out: Any) -> None:
-            counter[0] += 1
-            trace.ends.setdefault(key, []).append(counter[0])
-
-        return pre, post
-
-    try:
-        for key, module in modules.items():
-            pre, post = make(key)
-            handles.append(module.register_forward_pre_hook(pre))
-            handles.append(module.register_forward_hook(post))
-        with torch.inference_mode():
-            model(x)
-    finally:
-        for handle in handles:
-            handle.remove()
+    calls = trace_calls(model, x)
+    for key, module in modules.items():
+        mine = [c for c in calls if c.module is module]  # by identity: a key may alias another name
+        if mine:
+            trace.starts[key] = sorted(c.start for c in mine)
+            trace.ends[key] = [c.end for c in mine]  # the trace lists calls as they return
     return trace
 
 
