@@ -520,9 +520,9 @@ def _write_image(
     if not bool(torch.isfinite(exp.raw[i]).all()) or not bool(torch.isfinite(exp.scores[i]).all()):
         warnings.append("NaN or inf in the scores or maps (NaN/inf pixels in the input?); they are written as null")
     photo_rel = f"{name}/photo.jpg"
-    thumb = image.copy()
-    thumb.thumbnail((1024, 1024))
-    thumb.save(inside(out, photo_rel), quality=90)
+    scale = min(1.0, 1024 / max(image.width, image.height))
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    (image if scale == 1.0 else image.resize(size, reducing_gap=3.0)).save(inside(out, photo_rel), quality=90)
     record: dict[str, Any] = {
         "source": "skimage.data.chelsea()" if args.demo else str(path),
         "name": name,
@@ -542,7 +542,6 @@ def _write_image(
             }
             for p, c in zip(top.values, top.indices)
         ]
-    full = geometry.map_to_original(exp.maps[i])  # (K, H0, W0)
     overlays = []
     for k in range(exp.num_targets):
         class_id = None if exp.targets is None else int(exp.targets[i, k])
@@ -551,10 +550,10 @@ def _write_image(
         logit = float(exp.scores[i, k])
         box_in = box_from_map(exp.maps[i, k], args.threshold)
         box = None if box_in is None else geometry.box_to_original(box_in)
-        cam = full[k].numpy()  # float32 already: no copy of a photo-sized map
+        cam = geometry.map_to_original(exp.maps[i, k]).numpy()  # one photo-sized float map at a time
         stem = f"{name}/{name}_{exp.method}_{class_id if class_id is not None else k}"
         shown = f"p {probability:.2f}" if probability is not None else f"logit {logit:.2f}"
-        picture = viz.draw_box(viz.overlay(image, cam), box, f"{label} {shown} ({exp.method})")
+        picture = viz.draw_box(viz.overlay(image, cam), box, f"{label} {shown} ({exp.method})", copy=False)
         files = {"overlay": f"{stem}.png", "map": f"{stem}.npy"}
         picture.save(inside(out, files["overlay"]))
         np.save(inside(out, files["map"]), cam)

@@ -23,35 +23,53 @@ def _lut(cmap: str) -> np.ndarray:
     return (colours * 255 + 0.5).astype(np.uint8)
 
 
+def _levels(cam: np.ndarray) -> np.ndarray:
+    """(H, W) map in [0, 1] -> uint8 colour indices floor(256 x value) (NaN -> 0), in row blocks."""
+    cam = np.asarray(cam)
+    levels = np.empty(cam.shape, np.uint8)
+    rows = max(1, (1 << 22) // max(1, cam.shape[-1]))  # ~16 MB of float32 at a time
+    for start in range(0, cam.shape[0], rows):
+        block = np.multiply(cam[start : start + rows], 256.0, dtype=np.float32)
+        np.nan_to_num(block, copy=False, nan=0.0)
+        np.clip(block, 0.0, 255.0, out=block)
+        levels[start : start + rows] = block
+    return levels
+
+
 def colorize(cam: np.ndarray, cmap: str = "jet") -> np.ndarray:
     """(H, W) map in [0, 1] -> (H, W, 3) uint8 colours.
 
-    A 256-entry lookup table indexed by uint8 levels (what matplotlib's 256-colour maps do), so a
-    50-megapixel map costs 200 MB of uint8, not 1.6 GB of float64 RGBA.
+    A 256-entry lookup table indexed by uint8 levels, exactly what matplotlib's 256-colour maps do.
     """
-    scaled = np.multiply(cam, 256.0, dtype=np.float32)  # one float temporary, reused in place
-    np.nan_to_num(scaled, copy=False, nan=0.0)
-    np.clip(scaled, 0.0, 255.0, out=scaled)
-    levels = scaled.astype(np.uint8)
-    del scaled
-    return _lut(cmap)[levels]
+    return _lut(cmap)[_levels(cam)]
 
 
 def overlay(image: Any, cam: np.ndarray, alpha: float = 0.5, cmap: str = "jet") -> Any:
-    """The photo with the map's heatmap blended over it (a PIL image of the photo's size)."""
+    """The photo with the map's heatmap blended over it (a PIL image of the photo's size).
+
+    The heatmap is a palette image (uint8 levels + the colormap as palette), so a 50-megapixel photo
+    costs one extra byte per pixel before the blend, not a float64 RGBA array.
+    """
     from PIL import Image
 
     photo = image if image.mode == "RGB" else image.convert("RGB")
     if cam.shape != (photo.height, photo.width):
         raise ValueError(f"map {cam.shape} and photo {(photo.height, photo.width)} differ in size")
-    return Image.blend(photo, Image.fromarray(colorize(cam, cmap)), alpha)
+    heat = Image.fromarray(_levels(cam), mode="L")
+    heat.putpalette(_lut(cmap).tobytes())
+    return Image.blend(photo, heat.convert("RGB"), alpha)
 
 
-def draw_box(image: Any, box: Sequence[int] | None, label: str | None = None, color: str = "#00ff66") -> Any:
-    """Draw a [x0, y0, x1, y1) box and a label (on a dark band, readable on any photo)."""
+def draw_box(
+    image: Any, box: Sequence[int] | None, label: str | None = None, color: str = "#00ff66", *, copy: bool = True
+) -> Any:
+    """Draw a [x0, y0, x1, y1) box and a label (on a dark band, readable on any photo).
+
+    ``copy=False`` draws on ``image`` itself (no second photo-sized image for a fresh overlay).
+    """
     from PIL import ImageDraw, ImageFont
 
-    out = image.copy()
+    out = image.copy() if copy else image
     draw = ImageDraw.Draw(out)
     width = max(2, round(min(out.size) / 150))
     if box is not None:

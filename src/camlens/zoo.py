@@ -109,20 +109,30 @@ def load_image(path: str | Path, *, max_pixels: int | None = MAX_PIXELS, upright
         raise ValueError(f"{path}: no such file")
     if max_pixels is not None and max_pixels < 1:
         raise ValueError(f"max_pixels must be >= 1 or None, got {max_pixels}")
-    img: Image.Image
+    img: Image.Image | None = None
     try:
         with warnings.catch_warnings():
             # our own budget replaces PIL's global one (which we never change): no bomb warning noise
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as opened:
+            opened = Image.open(path)
+            try:
                 width, height = opened.size
                 if max_pixels is not None and width * height > max_pixels:
                     raise ValueError(
                         f"{path}: {width} x {height} = {width * height:,} pixels is over the budget of "
                         f"{max_pixels:,} (raise it with --max-pixels if you trust the file)"
                     )
-                opened.load()
-                img = ImageOps.exif_transpose(opened) if upright else opened.copy()
+                opened.load()  # closes the file of a single-frame image: the decoded pixels stay
+                # no second photo-sized copy unless one is needed (a rotation, or a multi-frame file)
+                if upright and opened.getexif().get(0x0112, 1) not in (None, 1):
+                    img = ImageOps.exif_transpose(opened)
+                elif getattr(opened, "n_frames", 1) > 1:
+                    img = opened.copy()
+                else:
+                    img = opened
+            finally:
+                if img is not opened:
+                    opened.close()
     except Image.DecompressionBombError as err:
         # PIL refuses past twice its limit before we can read the size: its message has the count
         import re
@@ -180,13 +190,19 @@ def preprocess_with_geometry(
     image: Any, size: int = 224, mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD
 ) -> tuple[torch.Tensor, Geometry]:
     """Like :func:`preprocess`, also returning the :class:`Geometry` to map results back."""
-    array, scale = _rgb_array(image)
-    original = (int(array.shape[0]), int(array.shape[1]))
     # one channel at a time (interpolation is per channel anyway): a 50-megapixel photo needs one
     # 200 MB float plane at a time instead of a 600 MB float image
+    pil = hasattr(image, "getchannel")
+    if pil:  # PIL hands out one 8-bit channel at a time: no full-size array copy of the photo
+        image = image if image.mode == "RGB" else image.convert("RGB")
+        original, scale = (int(image.height), int(image.width)), 255.0
+    else:
+        array, scale = _rgb_array(image)
+        original = (int(array.shape[0]), int(array.shape[1]))
     planes = []
     for c in range(3):
-        plane = torch.from_numpy(np.ascontiguousarray(array[..., c])).float().div_(scale)
+        channel = np.asarray(image.getchannel(c)) if pil else np.ascontiguousarray(array[..., c])
+        plane = torch.from_numpy(channel.astype(np.float32)).div_(scale)
         planes.append(F.interpolate(plane[None, None], size=(size, size), mode="bilinear", antialias=True)[0, 0])
         del plane
     x = torch.stack(planes)[None]
