@@ -8,6 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import camlens
+from camlens.methods.base import Attribution, CAMMethod
+from camlens.targets import Targets, resolve_targets
 from tests import nets
 
 # Hand-computed two-layer ReLU net on x = [1, 2] (as a (1, 2, 1, 1) image):
@@ -88,6 +90,37 @@ def test_untreated_activation_warns_with_its_name() -> None:
     model.r1 = nn.SiLU().eval()
     with pytest.warns(UserWarning, match="SiLU"):
         camlens.explain(model, X, method="guided-backprop", targets=lambda out: out[:, 0])
+
+
+class _Doubled(CAMMethod):
+    """A pixel method that overrides only ``pixels``: attributions 2 x, whatever the model."""
+
+    name = "test-doubled"
+    needs_gradients = True
+    takes_layer = False
+    explains_pixels = True
+
+    def pixels(self, x: torch.Tensor, targets: Targets) -> Attribution:
+        output = self.model(x)
+        scores, ids = resolve_targets(targets, output)
+        return Attribution(2 * x[:, None].expand(-1, scores.shape[1], -1, -1, -1), scores.detach(), ids, output)
+
+
+def test_a_pixel_method_overrides_only_pixels() -> None:
+    model = _Modules().eval()
+    exp = _Doubled(model)(X[0], targets=[0])  # (C, H, W) accepted: the pipeline's input check
+    assert exp.pixels is not None and exp.pixels.flatten().tolist() == [2.0, 4.0]
+    assert exp.raw.flatten().tolist() == [4.0]  # max over channels of |pixels|
+    assert (exp.layer, exp.method, exp.input_size) == ("input", "test-doubled", (1, 1))
+    assert exp.targets is not None and exp.targets.tolist() == [[0]] and exp.scores.tolist() == [[3.0]]
+    with pytest.raises(ValueError, match="takes no layer"):
+        _Doubled(model, layer="c1")
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="test-doubled needs gradients"):
+        _Doubled(model)(X)
+    model.r1.train()
+    with pytest.warns(UserWarning, match="training mode"):
+        _Doubled(model)(X)
+    assert model.r1.training and not model.c1.training
 
 
 def test_guided_gradcam_is_guided_times_upsampled_gradcam() -> None:

@@ -9,6 +9,10 @@ Data flow of one call:
 3. gradient methods: dS/dA for all K targets in one batched backward, w.r.t. A only;
 4. ``weights(ctx)`` -> (B, K, C) per-channel or (B, K, C, h, w) per-pixel weights;
    raw = sum_k w_k A_k, signed (B, K, h, w); ``Explanation.maps`` applies ReLU, upsampling and min-max.
+
+Pixel methods (``explains_pixels = True``) go through the same call (input checks, grad mode, the model's
+lock and state snapshot, the training warning, the Explanation) and override only :meth:`CAMMethod.pixels`,
+which returns the input-space attributions (B, K, C, H, W) as an :class:`Attribution`.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from camlens.capture import LayerRef, capture, check_calls, count_calls, find_la
 from camlens.explanation import Explanation
 from camlens.targets import Targets, resolve_targets
 
-__all__ = ["CAMMethod", "Context"]
+__all__ = ["Attribution", "CAMMethod", "Context"]
 
 
 @dataclass
@@ -41,6 +45,17 @@ class Context:
     ids: torch.Tensor | None  # (B, K) class ids, or None for a callable target
     targets: Targets  # as the user gave them (callables are re-applied to perturbed outputs)
     gradients: torch.Tensor | None  # dS/dA (B, K, C, h, w) when the method needs them
+
+
+@dataclass
+class Attribution:
+    """What a pixel method's ``pixels`` returns: input-space attributions and the scores they explain."""
+
+    pixels: torch.Tensor  # (B, K, C, H, W), signed
+    scores: torch.Tensor  # (B, K), detached
+    ids: torch.Tensor | None  # (B, K) class ids, or None for a callable target
+    output: Any  # model output
+    layer: str = "input"  # the layer that also shaped them (guided Grad-CAM's Grad-CAM layer)
 
 
 def _check_inputs(model: nn.Module, inputs: Any) -> torch.Tensor:
@@ -112,13 +127,15 @@ class CAMMethod:
         layer: a module name (``"layer4"``, ``"_swish@1"`` for the 2nd call of a shared module), the
             module itself, or ``None`` for the last spatial layer (the one feeding global pooling).
 
-    Subclasses set the class attributes and override :meth:`weights` (or :meth:`raw_maps`).
+    Subclasses set the class attributes and override :meth:`weights` (or :meth:`raw_maps`); pixel
+    methods set ``explains_pixels`` and override :meth:`pixels` instead.
     """
 
     name: ClassVar[str] = ""
     needs_gradients: ClassVar[bool] = False
     needs_class_ids: ClassVar[bool] = False
     takes_layer: ClassVar[bool] = True  # False for pixel methods, which explain the input
+    explains_pixels: ClassVar[bool] = False  # True: pixels() gives (B, K, C, H, W) input attributions
 
     def __init__(self, model: nn.Module, layer: str | nn.Module | LayerRef | None = None) -> None:
         if not isinstance(model, nn.Module):
@@ -129,6 +146,8 @@ class CAMMethod:
                 "method='saliency' (input gradients), or load the model as an nn.Module "
                 "(torch.save(model) / package.module:factory)"
             )
+        if layer is not None and not self.takes_layer:
+            raise ValueError(f"{self.name} explains the input pixels and takes no layer; got layer={layer!r}")
         self.model = model
         self._layer_spec = layer
         self._layer: LayerRef | None = None if layer is None else resolve_layer(model, layer)
@@ -153,17 +172,25 @@ class CAMMethod:
         # one call on a model at a time: hooks on a shared model see every thread's forwards
         with preserved(self.model) as state:
             _warn_training(state)
-            ref = self.layer_for(x)
-            ctx = self._forward(x, ref, targets)
-            raw = self.raw_maps(ctx)
+            if self.explains_pixels:
+                found = self.pixels(x, targets)
+                pixels = found.pixels.detach()
+                raw = pixels.abs().amax(2)
+                scores, ids, output, layer = found.scores, found.ids, found.output, found.layer
+            else:
+                ref = self.layer_for(x)
+                ctx = self._forward(x, ref, targets)
+                pixels, raw = None, self.raw_maps(ctx).detach().clone()
+                scores, ids, output, layer = ctx.scores, ctx.ids, ctx.output, str(ref)
         return Explanation(
-            raw=raw.detach().clone(),
-            targets=None if ctx.ids is None else ctx.ids.clone(),
-            scores=ctx.scores.clone(),
-            output=_detach(ctx.output),
+            raw=raw,
+            targets=None if ids is None else ids.clone(),
+            scores=scores.detach().clone(),
+            output=_detach(output),
             method=self.name,
-            layer=str(ref),
+            layer=layer,
             input_size=(int(x.shape[-2]), int(x.shape[-1])),
+            pixels=pixels,
         )
 
     def _forward(self, x: torch.Tensor, ref: LayerRef, targets: Targets) -> Context:
@@ -188,6 +215,10 @@ class CAMMethod:
 
     def weights(self, ctx: Context) -> torch.Tensor:
         """Per-channel (B, K, C) or per-pixel (B, K, C, h, w) weights of the activation."""
+        raise NotImplementedError
+
+    def pixels(self, x: torch.Tensor, targets: Targets) -> Attribution:
+        """Input-space attributions (B, K, C, H, W) of a pixel method, for the checked batch ``x``."""
         raise NotImplementedError
 
     def raw_maps(self, ctx: Context) -> torch.Tensor:

@@ -29,9 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from camlens._state import model_lock, preserved
-from camlens.explanation import Explanation
-from camlens.methods.base import CAMMethod, _check_grad_mode, _check_inputs, _detach, _warn_training
+from camlens.methods.base import Attribution, CAMMethod
 from camlens.methods.gradient import GradCAM
 from camlens.registry import register
 from camlens.targets import Targets, resolve_targets
@@ -167,100 +165,70 @@ def input_gradients(
     return torch.stack(grads, 1), scores.detach(), ids, output
 
 
-class _Pixel(CAMMethod):
-    """Base for input-space methods: ``Explanation.pixels`` (B, K, C, H, W) signed, ``raw`` (B, K, H, W)."""
+class _InputGradient(CAMMethod):
+    """dS/dx through the model, with the class's backward ``rule`` at its activations (None: plain)."""
 
     rule: ClassVar[str | None] = None
+    needs_gradients: ClassVar[bool] = True
     takes_layer: ClassVar[bool] = False
+    explains_pixels: ClassVar[bool] = True
 
     def __init__(self, model: nn.Module, layer: Any = None, *, counterfactual: bool = False) -> None:
-        if layer is not None and not self.takes_layer:
-            raise ValueError(f"{self.name} explains the input pixels and takes no layer; got layer={layer!r}")
-        super().__init__(model, None)
+        super().__init__(model, layer)
         self.counterfactual = counterfactual
 
-    def _targets(self, targets: Targets, found: dict[str, Any]) -> Targets:
+    def pixels(self, x: torch.Tensor, targets: Targets) -> Attribution:
         if not self.counterfactual:
-            return targets
+            return Attribution(*input_gradients(self.model, x, targets, self.rule))
+        found: dict[str, Any] = {}
 
         def negated(output: Any) -> torch.Tensor:
             scores, found["ids"] = resolve_targets(targets, output)
             return -scores
 
-        return negated
-
-    def pixels(self, x: torch.Tensor, targets: Targets) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, Any]:
-        return input_gradients(self.model, x, targets, self.rule)
-
-    def __call__(self, inputs: torch.Tensor, targets: Targets = None) -> Explanation:
-        x = _check_inputs(self.model, inputs)
-        _check_grad_mode(True, self.name)
-        found: dict[str, Any] = {}
-        with preserved(self.model) as state:  # also the model's lock: one call on a model at a time
-            _warn_training(state)
-            pix, scores, ids, output = self.pixels(x, self._targets(targets, found))
-        return Explanation(
-            raw=pix.abs().amax(2),
-            targets=found.get("ids", ids),
-            scores=-scores if self.counterfactual else scores,
-            output=_detach(output),
-            method=self.name,
-            layer="input",
-            input_size=(int(x.shape[-2]), int(x.shape[-1])),
-            pixels=pix,
-        )
+        grads, scores, _, output = input_gradients(self.model, x, negated, self.rule)
+        return Attribution(grads, -scores, found["ids"], output)
 
 
 @register("saliency")
-class Saliency(_Pixel):
+class Saliency(_InputGradient):
     """Input-gradient saliency (Simonyan et al. 2014): dS^c/dx; map = max over channels of |dS^c/dx|."""
 
 
 @register("guided-backprop")
-class GuidedBackprop(_Pixel):
+class GuidedBackprop(_InputGradient):
     """Guided Backpropagation (Springenberg et al. 2015): R_in = 1[x > 0] * ReLU(R_out) at every ReLU."""
 
     rule = "guided"
 
 
 @register("deconvnet")
-class Deconvnet(_Pixel):
+class Deconvnet(_InputGradient):
     """Deconvnet (Zeiler & Fergus 2014): R_in = ReLU(R_out) at every ReLU, whatever the forward input."""
 
     rule = "deconvnet"
 
 
 @register("guided-gradcam")
-class GuidedGradCAM(_Pixel):
+class GuidedGradCAM(CAMMethod):
     """Guided Grad-CAM (Selvaraju et al. 2017): guided backprop x bilinearly upsampled ReLU(Grad-CAM).
 
     Built from the public methods: ``GuidedBackprop(model)(x, t).pixels * up(ReLU(GradCAM(model,
     layer)(x, t).raw))``. ``counterfactual=True`` uses both with the negated target score.
     """
 
-    takes_layer: ClassVar[bool] = True
+    needs_gradients: ClassVar[bool] = True
+    explains_pixels: ClassVar[bool] = True
 
     def __init__(self, model: nn.Module, layer: Any = None, *, counterfactual: bool = False) -> None:
-        super().__init__(model, None, counterfactual=counterfactual)
+        super().__init__(model)
         self.gradcam = GradCAM(model, layer, counterfactual=counterfactual)
         self.guided = GuidedBackprop(model, counterfactual=counterfactual)
 
-    def __call__(self, inputs: torch.Tensor, targets: Targets = None) -> Explanation:
-        x = _check_inputs(self.model, inputs)
-        _check_grad_mode(True, self.name)
-        with model_lock(self.model):  # both halves see the same model, not another thread's call between
-            guided = self.guided(x, targets)
-            cam = self.gradcam(x, guided.targets if guided.targets is not None else targets)
+    def pixels(self, x: torch.Tensor, targets: Targets) -> Attribution:
+        # both halves run under this call's hold of the model's lock: no other thread's call between them
+        guided = self.guided(x, targets)
+        cam = self.gradcam(x, guided.targets if guided.targets is not None else targets)
         up = F.interpolate(cam.raw.clamp(min=0), size=guided.input_size, mode="bilinear", align_corners=False)
-        assert guided.pixels is not None
-        pix = guided.pixels * up[:, :, None]
-        return Explanation(
-            raw=pix.abs().amax(2),
-            targets=guided.targets,
-            scores=guided.scores,
-            output=guided.output,
-            method=self.name,
-            layer=cam.layer,
-            input_size=guided.input_size,
-            pixels=pix,
-        )
+        assert guided.pixels is not None  # a pixel method
+        return Attribution(guided.pixels * up[:, :, None], guided.scores, guided.targets, guided.output, cam.layer)
