@@ -429,7 +429,8 @@ def test_meter_largest_box_curve_at_the_box_threshold_is_gt_known():
     rng = np.random.default_rng(11)
     meter = LocalizationMeter()
     for _ in range(12):
-        cam = ndimage.gaussian_filter(rng.standard_normal((30, 40)), 3)
+        # a ReLU'd map (minimum 0), as camlens.geometry.original_maps gives: max and min-max agree
+        cam = np.maximum(ndimage.gaussian_filter(rng.standard_normal((30, 40)), 3), 0.0)
         gt = boxes_from_map(loc._minmax(cam), rng.uniform(0.0, 0.7))  # near the 0.2 box or not
         meter.add(cam, gt, 0, [0, 1, 2, 3, 4])
     result = meter.compute()
@@ -571,3 +572,17 @@ def test_mask_only_images_count_for_pxap_alone() -> None:
     result = meter.compute()
     assert result["n"] == 1 and result["n_masks"] == 2 and result["pxap"] == pytest.approx(100.0)
     assert result["top1_loc_err"] == pytest.approx(0.0)
+
+
+def test_meter_cam_paper_box_is_a_fraction_of_the_max_not_of_the_range():
+    # background 0.3, a weak region 0.4, the object 1.0: 20% of the max (0.2) keeps every pixel (the
+    # CAM paper's rule); min-max normalisation would keep only the object (its threshold 0.44)
+    cam = np.full((4, 8), 0.3)
+    cam[:, 2:5] = 1.0
+    cam[:, 5:7] = 0.4
+    meter = LocalizationMeter()
+    meter.add(cam, np.array([[0, 0, 8, 4]]), 0, [0, 1, 2, 3, 4])
+    assert meter.per_image[0]["box"] == (0, 0, 8, 4) and meter.per_image[0]["iou"] == 1.0
+    # Choe et al.'s sweep min-max normalises: at tau = 0.2 only the object's columns remain
+    assert tuple(boxes_from_map(loc._minmax(cam), 0.2)[0]) == (2, 0, 5, 4)
+    assert meter.curves()["boxacc"][20] == 0.0  # IoU 12/32 < 0.5 at tau = 0.2 of the range

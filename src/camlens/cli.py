@@ -116,12 +116,16 @@ def _parser() -> argparse.ArgumentParser:
         "wsol",
         help="the CAM paper's Tables 1-2 at our scale: handwritten digits on cluttered canvases, GAP/GMP/FC nets",
     )
+    # defaults: the run of docs/wsol_digits.md's main table
     wsol.add_argument("--out", default="camlens-wsol", help="output folder (default camlens-wsol)")
-    wsol.add_argument("--seed", type=int, default=0)
-    wsol.add_argument("--train", type=int, default=4000, help="training images (default 4000)")
+    wsol.add_argument(
+        "--seeds", "--seed", default="0,1,2", help="comma-separated seeds, one full run each (default 0,1,2)"
+    )
+    wsol.add_argument("--train", type=int, default=8000, help="training images (default 8000)")
     wsol.add_argument("--test", type=int, default=1000, help="test images (default 1000)")
-    wsol.add_argument("--epochs", type=int, default=6)
-    wsol.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    wsol.add_argument("--epochs", type=int, default=6, help="training epochs per net (default 6)")
+    wsol.add_argument("--size", default="12,26", help="MIN,MAX digit height in pixels (default 12,26)")
+    wsol.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     sub.add_parser("methods", help="list the registered methods")
     sub.add_parser("demo", help="same as `camlens explain --demo`")
     return parser
@@ -509,9 +513,9 @@ def _write_image(
     import numpy as np
     import torch
 
+    from camlens import geometry as camlens_geometry
     from camlens import viz
     from camlens._paths import inside
-    from camlens.localize import box_from_map
 
     out, args, bundle = run.out, run.args, run.bundle
     folder = inside(out, name)
@@ -548,9 +552,10 @@ def _write_image(
         label = bundle.label(class_id) if class_id is not None else "target"
         probability = float(probs[i, class_id]) if probs is not None and class_id is not None else None
         logit = float(exp.scores[i, k])
-        box_in = box_from_map(exp.maps[i, k], args.threshold)
-        box = None if box_in is None else geometry.box_to_original(box_in)
-        cam = geometry.map_to_original(exp.maps[i, k]).numpy()  # one photo-sized float map at a time
+        # the one path (camlens.geometry): ReLU, resize to the photo, / max, box at threshold x max
+        cam_t = geometry.to_original(exp.raw[i, k])
+        box = camlens_geometry.box(cam_t, args.threshold)
+        cam = cam_t.numpy()
         stem = f"{name}/{name}_{exp.method}_{class_id if class_id is not None else k}"
         shown = f"p {probability:.2f}" if probability is not None else f"logit {logit:.2f}"
         picture = viz.draw_box(viz.overlay(image, cam), box, f"{label} {shown} ({exp.method})", copy=False)
@@ -722,7 +727,13 @@ def _gapify(args: argparse.Namespace) -> int:
 
 
 def _bench_wsol(args: argparse.Namespace) -> int:
-    from camlens import wsol_digits
+    from camlens.bench import wsol_digits
+
+    def integers(flag: str, text: str, example: str) -> list[int]:
+        try:
+            return [int(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise _UsageError(f"{flag} takes comma-separated integers, e.g. {example}; got {text!r}") from None
 
     _check_flags(
         args,
@@ -731,9 +742,21 @@ def _bench_wsol(args: argparse.Namespace) -> int:
         ("--epochs", args.epochs, 1, None),
         ("--threads", args.threads, 1, None),
     )
+    seeds = integers("--seeds", args.seeds, "0,1,2")
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise _UsageError(f"--seeds needs distinct integers, e.g. 0,1,2; got {args.seeds!r}")
+    size = integers("--size", args.size, "12,26")
+    if len(size) != 2 or not 1 <= size[0] <= size[1] <= 46:
+        raise _UsageError(f"--size is MIN,MAX digit height, 1 <= MIN <= MAX <= 46 (48 px canvas); got {args.size!r}")
     try:
         results = wsol_digits.run(
-            args.out, seed=args.seed, n_train=args.train, n_test=args.test, epochs=args.epochs, threads=args.threads
+            args.out,
+            seeds=seeds,
+            n_train=args.train,
+            n_test=args.test,
+            epochs=args.epochs,
+            threads=args.threads,
+            size=(size[0], size[1]),
         )
     except ImportError as err:
         raise _UsageError(str(err)) from err

@@ -30,10 +30,8 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from camlens._paths import NameBook, inside, safe_name
-from camlens.explanation import normalize_maps
 from camlens.zoo import MAX_PIXELS
 
 __all__ = ["METRICS", "Evaluation", "demo_dataset", "evaluate"]
@@ -82,7 +80,9 @@ class Evaluation:
     """The table of an evaluation: ``rows[method][column]``; see :data:`COLUMNS` for the names.
 
     ``images`` counts the images evaluated; ``skipped`` lists the ones that could not be used
-    (``{"path": ..., "reason": ...}``), which are in no number of the table.
+    (``{"path": ..., "reason": ...}``), which are in no number of the table. ``per_image[method]``
+    holds one record per image with a box: its path (``key``), label, top-1 prediction, the CAM-paper
+    ``box`` in stored-image pixels (the box ``camlens explain`` draws) and its best ``iou``.
     """
 
     methods: list[str]
@@ -94,6 +94,7 @@ class Evaluation:
     curves: dict[str, dict[str, Any]] = field(default_factory=dict)
     topk: int = 5
     skipped: list[dict[str, str]] = field(default_factory=list)
+    per_image: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     def header(self, column: str) -> str:
         """Display name of a column (``topk_loc_err`` -> ``top-5 loc err %``)."""
@@ -140,6 +141,7 @@ class Evaluation:
             "rows": self.rows,
             "files": self.files,
             "skipped": self.skipped,
+            "per_image": self.per_image,
         }
         # strict JSON (no NaN / Infinity tokens, which strict readers reject): a non-finite number is null
         paths["json"].write_text(json.dumps(_strict(doc), indent=1, allow_nan=False))
@@ -418,7 +420,15 @@ def evaluate(
     if "sanity" in wanted and first_batch is not None:
         _sanity(names, explainers, net, layer, first_batch, rows, outdir, progress, options)
     result = Evaluation(
-        names, rows, evaluated, bundle.name, str(getattr(data, "root", "")), curves=curves, topk=k, skipped=skipped
+        names,
+        rows,
+        evaluated,
+        bundle.name,
+        str(getattr(data, "root", "")),
+        curves=curves,
+        topk=k,
+        skipped=skipped,
+        per_image={n: list(meters[n]["loc"].per_image) for n in names if n in meters},
     )
     if outdir is not None:
         result.files.update(_write_pictures(outdir, pictures, curves, data.root, max_pixels))
@@ -488,13 +498,13 @@ def _meters(names: list[str], topk: int) -> dict[str, dict[str, Any]]:
 
 
 def _to_original(raw: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
-    """ReLU of a low-resolution map, bilinearly resized to (H0, W0), normalised as ``Explanation.maps``.
+    """The map the box is computed on, at the stored image's (H0, W0): :func:`camlens.geometry.original_maps`.
 
     NaN and infinite values (warned about by :func:`evaluate`) count as 0, so they cannot spread over the map.
     """
-    finite = raw.float().nan_to_num(0.0, 0.0, 0.0)
-    cam = F.interpolate(finite.clamp(min=0)[None, None], size=size, mode="bilinear", align_corners=False)
-    return normalize_maps(cam)[0, 0].cpu().numpy()
+    from camlens.geometry import original_maps
+
+    return original_maps(raw, size).cpu().numpy()
 
 
 def _localization_batch(name, exp, batch, masks, labels, top, meters, pictures, examples, threshold, wanted):
@@ -504,7 +514,9 @@ def _localization_batch(name, exp, batch, masks, labels, top, meters, pictures, 
     for b, ((sample, (width, height)), (mask, ignore)) in enumerate(zip(batch, masks)):
         cam = _to_original(exp.raw[b, 0], (height, width))
         if "localization" in wanted and len(sample.boxes):
-            meters[name]["loc"].add(cam, sample.boxes, int(labels[b]), top[b].tolist(), mask=mask, ignore=ignore)
+            meters[name]["loc"].add(
+                cam, sample.boxes, int(labels[b]), top[b].tolist(), mask=mask, ignore=ignore, key=str(sample.path)
+            )
         elif "localization" in wanted and mask is not None:  # mask-only (OpenImages): PxAP only
             meters[name]["loc"].add_mask(cam, mask, ignore=ignore)
         if "pointing" in wanted and len(sample.boxes):
@@ -612,13 +624,9 @@ def _write_pictures(
         row = []
         for sample, cam, box, correct in items:
             stored = zoo.load_image(sample.path, max_pixels=max_pixels, upright=False)  # the boxes' pixel grid
-            picture = viz.overlay(stored, cam)
-            for gt in np.asarray(sample.boxes).reshape(-1, 4):
-                picture = viz.draw_box(picture, [int(np.rint(v)) for v in gt], None, color="#ff3333")
             label = f"{name} {'top-1 ok' if correct else 'top-1 wrong'}"
             predicted = [int(v) for v in box[0]] if len(box) else None
-            picture = viz.draw_box(picture, predicted, label, color="#00ff66")
-            picture = picture.resize((256, max(1, round(256 * picture.height / picture.width))))
+            picture = viz.example_picture(stored, cam, sample.boxes, predicted, label)
             picture.save(inside(out, "examples", method, book.name(sample.path, root) + ".png"))
             row.append(picture)
         path = inside(out, "examples", f"{method}.png")
@@ -630,39 +638,7 @@ def _write_pictures(
         path = inside(out, "examples.png")
         viz.grid([p for row in rows for p in row], columns=len(rows[0])).save(path)
         files["examples"] = str(path)
-    files.update(_plot_curves(out, curves))
+    if any(curves.values()):
+        files["curves"] = str(viz.plot_curves(curves, out / "curves.png"))
     return files
 
-
-def _plot_curves(out: Path, curves: dict[str, dict[str, Any]]) -> dict[str, str]:
-    kinds = sorted({k for c in curves.values() for k in c})
-    if not kinds:
-        return {}
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    files = {}
-    titles = {
-        "deletion": "Deletion (lower AUC is better)",
-        "insertion": "Insertion (higher AUC is better)",
-        "road_morf": "ROAD, most relevant first (lower is better)",
-        "road_lerf": "ROAD, least relevant first (higher is better)",
-    }
-    fig, axes = plt.subplots(1, len(kinds), figsize=(4.2 * len(kinds), 3.4), squeeze=False)
-    for ax, kind in zip(axes[0], kinds):
-        for name, c in curves.items():
-            if kind in c:
-                ax.plot(c[kind]["fractions"], c[kind]["scores"], label=name)
-        ax.set_title(titles.get(kind, kind), fontsize=9)
-        ax.set_xlabel("fraction of pixels")
-        ax.set_ylabel("score of the predicted class")
-        ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=8)
-    fig.tight_layout()
-    path = out / "curves.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    files["curves"] = str(path)
-    return files

@@ -86,15 +86,32 @@ class Explanation:
     def num_targets(self) -> int:
         return int(self.raw.shape[1])
 
-    def boxes(self, threshold: float = 0.2) -> list[list[tuple[int, int, int, int] | None]]:
-        """Per sample and target, the CAM paper's box [x0, y0, x1, y1) in input pixels (see camlens.localize)."""
-        from camlens.localize import box_from_map
+    def boxes(
+        self, threshold: float = 0.2, size: tuple[int, int] | None = None
+    ) -> list[list[tuple[int, int, int, int] | None]]:
+        """Per sample and target, the CAM paper's box [x0, y0, x1, y1) (see :mod:`camlens.geometry`).
 
-        maps = self.maps
-        return [[box_from_map(maps[b, k], threshold) for k in range(maps.shape[1])] for b in range(maps.shape[0])]
+        Args:
+            threshold: a fraction of the map's max (the CAM paper: 0.2).
+            size: (H, W) of the pixels the box is in: the photo's for boxes on the photo (what
+                ``camlens explain`` prints and ``camlens evaluate`` scores); default the model input's.
+        """
+        from camlens.geometry import box, original_maps
+
+        size = self.input_size if size is None else size
+        out: list[list[tuple[int, int, int, int] | None]] = []
+        for b in range(self.batch_size):
+            row: list[tuple[int, int, int, int] | None] = []
+            for k in range(self.num_targets):
+                found = box(original_maps(self.raw[b, k], size), threshold)
+                row.append(None if found is None else (found[0], found[1], found[2], found[3]))
+            out.append(row)
+        return out
 
     def overlay(self, images: Any, alpha: float = 0.5, cmap: str = "jet") -> list[list[Any]]:
         """Heatmaps over the photos: one PIL image per sample and target, at each photo's size.
+
+        The map drawn is the one boxes are computed on (:func:`camlens.geometry.original_maps`).
 
         Args:
             images: one PIL image (or HxWx3 uint8 array) per sample, e.g. the photos before preprocessing.
@@ -102,6 +119,7 @@ class Explanation:
         from PIL import Image
 
         from camlens import viz
+        from camlens.geometry import original_maps
 
         images = list(images) if isinstance(images, (list, tuple)) else [images]
         if len(images) != self.batch_size:
@@ -110,8 +128,12 @@ class Explanation:
         for b, image in enumerate(images):
             photo = image if hasattr(image, "convert") else Image.fromarray(image)
             size = (photo.height, photo.width)
-            up = F.interpolate(self.maps[b : b + 1].float(), size=size, mode="bilinear", align_corners=False)[0]
-            result.append([viz.overlay(photo, up[k].clamp(0, 1).numpy(), alpha, cmap) for k in range(up.shape[0])])
+            result.append(
+                [
+                    viz.overlay(photo, original_maps(self.raw[b, k], size).cpu().numpy(), alpha, cmap)
+                    for k in range(self.num_targets)
+                ]
+            )
         return result
 
     def _repr_png_(self) -> bytes:

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from camlens._efficientnet_lite import EfficientNetLite0, efficientnet_lite0
+from camlens.geometry import Geometry  # re-exported: camlens.zoo.Geometry keeps working
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -50,32 +51,6 @@ def imagenet_classes() -> list[str]:
     from torchvision.models import ResNet18_Weights
 
     return list(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
-
-
-@dataclass(frozen=True)
-class Geometry:
-    """How a photo of ``original`` (H0, W0) became a model input of ``size`` (H, W): a plain resize."""
-
-    original: tuple[int, int]
-    size: tuple[int, int]
-
-    def map_to_original(self, maps: torch.Tensor) -> torch.Tensor:
-        """(..., H, W) maps at the input's resolution -> (..., H0, W0), bilinear."""
-        lead = maps.shape[:-2]
-        flat = maps.reshape(-1, 1, *maps.shape[-2:]).float()
-        up = F.interpolate(flat, size=self.original, mode="bilinear", align_corners=False)
-        return up.reshape(*lead, *self.original).clamp_(0, 1)
-
-    def box_to_original(self, box: tuple[int, int, int, int]) -> list[int]:
-        """[x0, y0, x1, y1) in input pixels -> the same region in original pixels."""
-        sy, sx = self.original[0] / self.size[0], self.original[1] / self.size[1]
-        x0, y0, x1, y1 = box
-        return [
-            int(np.floor(x0 * sx)),
-            int(np.floor(y0 * sy)),
-            min(self.original[1], int(np.ceil(x1 * sx))),
-            min(self.original[0], int(np.ceil(y1 * sy))),
-        ]
 
 
 MAX_PIXELS = 89_478_485

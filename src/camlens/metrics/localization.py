@@ -53,6 +53,7 @@ from typing import Any
 import numpy as np
 import torch
 from scipy import ndimage
+from torchvision.ops import box_iou as _pairwise_iou
 
 from camlens.localize import _as_map, _check_mode, boxes_from_map
 
@@ -98,8 +99,10 @@ def box_iou(a: Any, b: Any) -> np.ndarray:
     """Pairwise intersection over union of END-EXCLUSIVE boxes [x0, y0, x1, y1), vectorised.
 
     ``IoU = |A n B| / (|A| + |B| - |A n B|)`` with ``|A| = (x1 - x0) * (y1 - y0)`` (no ``+ 1``: the
-    wsolevaluation reference adds 1 to every side because it treats x1, y1 as inclusive). Boxes of zero
-    area have IoU 0 with everything.
+    wsolevaluation reference adds 1 to every side because it treats x1, y1 as inclusive). For
+    end-exclusive integer boxes the pixel count of a box is exactly that continuous area, so the IoU is
+    ``torchvision.ops.box_iou``'s, computed by it in float64. Boxes of zero area have IoU 0 with
+    everything (two of them: 0, where torchvision's 0 / 0 gives NaN).
 
     Args:
         a: (N, 4) boxes (a single (4,) box is taken as (1, 4)).
@@ -113,13 +116,8 @@ def box_iou(a: Any, b: Any) -> np.ndarray:
         array([[0.33333333, 0.        ]])
     """
     a, b = _check_boxes(a, "a"), _check_boxes(b, "b")
-    iw = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
-    ih = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
-    inter = iw * ih
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+    iou = _pairwise_iou(torch.from_numpy(a), torch.from_numpy(b)).numpy()
+    return np.nan_to_num(iou, nan=0.0)  # 0 / 0: both boxes empty
 
 
 def _minmax(m: np.ndarray) -> np.ndarray:
@@ -275,14 +273,14 @@ class LocalizationMeter:
     """Accumulates the CAM paper's and Choe et al.'s localisation metrics over a data set, one image at a time.
 
     For each image give the map of its GROUND-TRUTH class at the original image size (e.g.
-    ``resize_map(exp.maps[i, k], (H, W))`` with ``targets=labels``), its ground-truth boxes in
-    original-image pixels (END-EXCLUSIVE [x0, y0, x1, y1)), its label and the model's predicted classes,
-    best first. The meter min-max normalises the map (so ``box_threshold`` is a fraction of the map's range
-    above its minimum; for a map whose minimum is 0, such as :attr:`camlens.Explanation.maps`, that is the
-    CAM paper's fraction of the max, and the box is the one :meth:`camlens.Explanation.boxes` gives), then:
+    ``camlens.geometry.original_maps(exp.raw[i, k], (H, W))`` with ``targets=labels``: ReLU, resized,
+    divided by its max), its ground-truth boxes in original-image pixels (END-EXCLUSIVE [x0, y0, x1, y1)),
+    its label and the model's predicted classes, best first. Two normalisations, each where its paper
+    uses it:
 
     * CAM paper / ILSVRC (Zhou et al. 2016, Table 2; Russakovsky et al. 2015, sec. 4): one box from the
-      normalised map at ``box_threshold`` (largest component, :func:`camlens.localize.boxes_from_map`);
+      map as given at ``box_threshold`` x its MAX (largest component, :func:`camlens.localize.boxes_from_map`;
+      the box :meth:`camlens.Explanation.boxes` and ``camlens explain`` give);
       ``loc_ok`` = its IoU with some ground-truth box is >= 0.5.
 
       - top-1 loc error: wrong unless ``top-1 == label`` and ``loc_ok``;
@@ -290,8 +288,9 @@ class LocalizationMeter:
         only one that can be correct (a box of another class never counts), so the label's map suffices;
       - GT-known loc accuracy: ``loc_ok`` alone (the class is taken as known);
       - top-1 / top-k classification errors.
-    * Choe et al., CVPR 2020 and TPAMI 2022 (definitions of wsolevaluation's ``BoxEvaluator``): for each
-      threshold tau of ``cam_thresholds``, every 8-connected component of ``map > tau`` is boxed.
+    * Choe et al., CVPR 2020 and TPAMI 2022 (definitions of wsolevaluation's ``BoxEvaluator``): the map
+      is MIN-MAX normalised, and for each threshold tau of ``cam_thresholds`` every 8-connected
+      component of ``map > tau`` is boxed.
 
       - ``maxboxacc``: max over tau of the fraction of images whose LARGEST component's box has
         IoU >= 0.5 with some ground-truth box (MaxBoxAcc, the CVPR 2020 version);
@@ -308,8 +307,9 @@ class LocalizationMeter:
         foreground).
 
     ``compute()`` gives percentages (``n`` is a count, ``*_best_threshold`` a fraction of the normalised
-    map; ties pick the lowest threshold). With the default grid (k / 100) and ``box_threshold=0.2`` the
-    largest-box accuracy at tau = 0.2 equals ``gt_known_loc_acc``, and ``maxboxacc >= gt_known_loc_acc``.
+    map; ties pick the lowest threshold). With the default grid (k / 100) and ``box_threshold=0.2``, for a
+    map whose minimum is 0 the largest-box accuracy at tau = 0.2 equals ``gt_known_loc_acc``, and then
+    ``maxboxacc >= gt_known_loc_acc``.
 
     Args:
         iou_thresholds: the deltas of MaxBoxAccV2, as fractions.
@@ -409,8 +409,9 @@ class LocalizationMeter:
             raise ValueError(f"topk_pred: need at least topk={self.topk} predicted classes, got {len(preds)}")
         label = int(label)
 
-        # CAM paper: one box at box_threshold of the normalised map.
-        box = boxes_from_map(m, self.box_threshold, mode="largest")
+        # CAM paper: one box at box_threshold x the map's max (not min-max: camlens.geometry); the
+        # threshold sweeps below use Choe et al.'s min-max normalised map
+        box = boxes_from_map(_as_map(cam), self.box_threshold, mode="largest")
         best = float(box_iou(box, gt).max()) if len(box) else 0.0
         loc_ok = best >= _LOC_IOU
         cls_ok = preds[0] == label
