@@ -2,39 +2,38 @@
 
 Zhou et al., "Learning Deep Features for Discriminative Localization", CVPR 2016, compare on ILSVRC
 (sec. 3.1): networks with a GAP head against the same networks with their fully-connected head
-(Table 1, classification error) and, for weakly-supervised localisation, CAM against "Backprop" (the
-gradient saliency of Simonyan et al. 2014) and a GAP head against a global-max-pooling (GMP) head
-(Table 2, localisation error: the box from the map thresholded at 20% of its max, largest connected
-component, correct at IoU >= 0.5). This module rebuilds that comparison on data with exact boxes:
+(Table 1, classification error) and, for weakly-supervised localisation, CAM on the GAP networks against
+"Backprop" (the gradient saliency of Simonyan et al. 2014) on the original networks, and a GAP head
+against a global-max-pooling (GMP) head (Table 2, localisation error: the box from the map thresholded at
+20% of its max, largest connected component, correct at IoU >= 0.5). This application rebuilds that
+comparison on data with exact boxes, on camlens' public API:
 
 * :func:`make_dataset`: real handwritten digits (scikit-learn's ``load_digits``, 1797 8x8 scans from
-  the UCI "Optical Recognition of Handwritten Digits" set) scaled to 14..30 px and put at a random place
-  on a 64x64 canvas, with fragments of other digits as clutter (never inside the digit's box). The
-  box [x0, y0, x1, y1) (END-EXCLUSIVE) and the mask are exactly the digit's non-zero pixels. Train and
-  test images are made from disjoint sets of scans (different handwriting samples).
-* three CNNs with one conv trunk (3 stages of 3x3 conv + batch norm + ReLU, 2x2 max pools between):
-  the FC net (trunk -> pool -> FC 128 -> FC 10, VGG-style) and its GAP and GMP versions made by
-  :func:`camlens.gap.convert` (trunk -> 3x3 conv 128 -> global average / max pooling -> linear 10, the
-  paper's sec. 3 recipe), each trained from scratch on image labels only, seeded, on the CPU.
-* :func:`run`: classification top-1/top-5 error, and the localisation errors of CAM (GAP and GMP nets;
-  it does not apply to the FC net), Grad-CAM, Grad-CAM++ and saliency with
-  :class:`camlens.metrics.localization.LocalizationMeter` (top-1/top-5 localisation error, GT-known,
-  MaxBoxAcc, MaxBoxAccV2, PxAP); writes ``results.json``, ``table.md``, ``table.csv`` and pictures.
+  the UCI "Optical Recognition of Handwritten Digits" set) scaled and put at a random place on a canvas,
+  with fragments of other digits as clutter (never inside the digit's box). 8-bit pixels; the box
+  [x0, y0, x1, y1) (END-EXCLUSIVE) and the mask are exactly the digit's non-zero pixels. Train and test
+  images are made from disjoint sets of scans (different handwriting samples).
+* :func:`write_dataset`: the test set as PNG files, a ``path,class,x0,y0,x1,y1`` CSV and mask PNGs, read
+  back with :func:`camlens.datasets.open_dataset`.
+* :mod:`camlens.bench.nets`: the FC net, its GAP and GMP versions (:func:`camlens.gap.convert`), training.
+* :func:`run`: for each seed, data, the three nets trained from scratch, and one
+  :func:`camlens.evaluate.evaluate` per net (every method, ``metrics="localization"``): the protocol every
+  user of ``camlens evaluate`` gets. Tables with the mean and range over seeds (:mod:`camlens.bench.tables`).
 
 Example:
-    >>> from camlens import wsol_digits
-    >>> results = wsol_digits.run("out/wsol", seed=0, threads=1)
+    >>> from camlens.bench import wsol_digits
+    >>> results = wsol_digits.run("out/wsol", seeds=(0, 1, 2), threads=1)
     >>> print(open("out/wsol/table.md").read())
 """
 
 from __future__ import annotations
 
-import csv
+import dataclasses
 import json
-import math
+import os
 import platform
+import sys
 import time
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,26 +42,14 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-__all__ = [
-    "METHODS",
-    "NETS",
-    "DigitsWSOL",
-    "conv_layer",
-    "evaluate",
-    "fc_net",
-    "make_dataset",
-    "make_nets",
-    "render_tables",
-    "run",
-    "train",
-]
+from camlens.bench import nets as _nets
+from camlens.bench import tables
 
-NETS = ("gap", "gmp", "fc")
-METHODS = ("cam", "gradcam", "gradcam++", "saliency")
-_NET_NAMES = {"gap": "GAP net (conv-GAP-linear)", "gmp": "GMP net (conv-GMP-linear)", "fc": "FC net (conv-FC-FC)"}
-_METHOD_NAMES = {"cam": "CAM", "gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "saliency": "Backprop (saliency)"}
+__all__ = ["METHODS", "NETS", "DigitsWSOL", "make_dataset", "run", "write_dataset"]
+
+NETS = tables.NETS
+METHODS = tables.METHODS
 # Disjoint pools of scans for the train and test images; fixed, so every seed tests on unseen handwriting.
 _POOL_SEED = 20160627
 _TEST_SHARE = 1 / 3
@@ -75,7 +62,7 @@ class DigitsWSOL(torch.utils.data.Dataset):
     """A generated set: images, labels, exact boxes and masks. Indexing gives ``(image, label)``.
 
     Attributes:
-        images: (N, 1, H, W) float32 in [0, 1] (ink is 1).
+        images: (N, 1, H, W) float32 in [0, 1] (ink is 1), 8-bit values (``k / 255``), so a PNG holds them exactly.
         labels: (N,) int64 digit classes 0..9.
         boxes: (N, 4) int64 END-EXCLUSIVE [x0, y0, x1, y1) boxes of the digit's non-zero pixels.
         masks: (N, H, W) bool, the digit's non-zero pixels (clutter excluded).
@@ -177,7 +164,7 @@ def make_dataset(
 
     Example:
         >>> data = make_dataset(100, seed=0)
-        >>> data.images.shape, data.boxes[0]  # (100, 1, 64, 64), tensor([x0, y0, x1, y1])
+        >>> data.images.shape, data.boxes[0]  # (100, 1, 48, 48), tensor([x0, y0, x1, y1])
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
@@ -228,8 +215,10 @@ def make_dataset(
                     region = images[i, py : py + ph, px : px + pw]
                     np.maximum(region, piece, out=region)
                     break
+    # 8-bit values, divided as camlens.zoo's preprocessing divides a PNG's: training sees the evaluated pixels
+    pixels = np.rint(images * 255.0).astype(np.uint8)
     return DigitsWSOL(
-        images=torch.from_numpy(images[:, None]),
+        images=torch.from_numpy(pixels[:, None].astype(np.float32)).div_(255.0),
         labels=torch.from_numpy(labels),
         boxes=torch.from_numpy(boxes),
         masks=torch.from_numpy(masks),
@@ -246,352 +235,193 @@ def make_dataset(
     )
 
 
-class _FcNet(nn.Module):
-    """``classifier(features(x))``: the VGG layout that :func:`camlens.gap.convert` cuts."""
+def write_dataset(data: DigitsWSOL, folder: str | Path) -> Any:
+    """Write ``data`` as a localisation set camlens reads, and read it back with ``open_dataset``.
 
-    def __init__(self, features: nn.Sequential, classifier: nn.Sequential) -> None:
-        super().__init__()
-        self.features = features
-        self.classifier = classifier
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
-
-
-def fc_net(
-    seed: int = 0,
-    canvas: int = 48,
-    widths: Sequence[int] = (16, 32, 64),
-    channels: int = 128,
-    grid: int = 3,
-    hidden: int = 256,
-    dropout: float = 0.0,
-    batch_norm: bool = False,
-) -> nn.Module:
-    """The FC net: conv trunk -> max pool to a ``grid`` x ``grid`` map -> flatten -> FC ``hidden`` -> FC 10.
-
-    ``features``: one 3x3 conv + batch norm + ReLU per width with 2x2 max pools between (stride 4: a
-    12x12 map on a 48x48 canvas, the role of VGG16's 14x14 conv5_3 map), then the CAM paper's added
-    layer, a 3x3 conv with ``channels`` units + ReLU (with batch norm if ``batch_norm``), then a max
-    pool to ``grid`` x ``grid`` (the role of VGG's pool5). ``classifier``: flatten, FC, ReLU, dropout,
-    FC. :func:`camlens.gap.convert` with ``channels=None`` drops the last pool and the classifier, so the
-    GAP and GMP nets share every conv layer with this net and differ only in the head.
-    """
-    side = canvas // 2 ** (len(widths) - 1)
-    if canvas % 2 ** (len(widths) - 1) or side % grid:
-        raise ValueError(f"canvas {canvas} must give a feature map side ({side}) divisible by grid={grid}")
-    torch.manual_seed(seed)
-    layers: list[tuple[str, nn.Module]] = []
-    in_ch = 1
-    for i, width in enumerate(widths):
-        if i:
-            layers.append((f"pool{i}", nn.MaxPool2d(2)))
-        layers += [
-            (f"conv{i + 1}", nn.Conv2d(in_ch, width, 3, padding=1)),
-            (f"bn{i + 1}", nn.BatchNorm2d(width)),
-            (f"relu{i + 1}", nn.ReLU(inplace=True)),
-        ]
-        in_ch = width
-    k = len(widths) + 1
-    layers.append((f"conv{k}", nn.Conv2d(in_ch, channels, 3, padding=1)))
-    if batch_norm:
-        layers.append((f"bn{k}", nn.BatchNorm2d(channels)))
-    layers += [(f"relu{k}", nn.ReLU(inplace=True)), ("pool5", nn.MaxPool2d(side // grid))]
-    classifier = nn.Sequential(
-        OrderedDict(
-            flatten=nn.Flatten(),
-            fc1=nn.Linear(channels * grid * grid, hidden),
-            relu=nn.ReLU(inplace=True),
-            dropout=nn.Dropout(dropout),
-            fc2=nn.Linear(hidden, 10),
-        )
-    )
-    return _FcNet(nn.Sequential(OrderedDict(layers)), classifier).eval()
-
-
-def make_nets(seed: int = 0, canvas: int = 48, **options: Any) -> dict[str, nn.Module]:
-    """The three nets, untrained, from one initialisation: ``{"gap": ..., "gmp": ..., "fc": ...}``.
-
-    GAP and GMP are ``camlens.gap.convert(fc, pooling=..., channels=None)``: a copy of the FC net's conv
-    layers (without pool5) + global average / max pooling + a new linear layer, the CAM paper's
-    conversion (sec. 3). ``options`` go to :func:`fc_net`.
-    """
-    from camlens.gap import convert
-
-    fc = fc_net(seed, canvas, **options)
-    nets: dict[str, nn.Module] = {}
-    for name, pooling in (("gap", "avg"), ("gmp", "max")):
-        nets[name] = convert(
-            fc, num_classes=10, pooling=pooling, channels=None, freeze=False, input_size=(1, canvas, canvas), seed=seed
-        )
-    nets["fc"] = fc
-    return nets
-
-
-def _batches(data: DigitsWSOL, batch_size: int, gen: torch.Generator | None) -> Any:
-    n = len(data)
-    order = torch.randperm(n, generator=gen) if gen is not None else torch.arange(n)
-    for start in range(0, n, batch_size):
-        idx = order[start : start + batch_size]
-        yield data.images[idx], data.labels[idx]
-
-
-def train(
-    model: nn.Module,
-    data: DigitsWSOL,
-    epochs: int = 6,
-    lr: float = 2e-3,
-    batch_size: int = 64,
-    seed: int = 0,
-    progress: bool = True,
-    desc: str = "",
-) -> list[dict[str, float]]:
-    """Train all of ``model`` on image labels only: Adam, cosine learning-rate decay, seeded order.
-
-    Returns one ``{"epoch", "loss", "acc", "seconds"}`` per epoch; the model is left in eval mode.
-    """
-    from camlens.gap import run_epoch
-
-    gen = torch.Generator().manual_seed(seed)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=lr)
-    steps = epochs * math.ceil(len(data) / batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
-
-    history = []
-    torch.manual_seed(seed)  # dropout masks
-    try:
-        for epoch in range(1, epochs + 1):
-            start = time.perf_counter()
-            model.train()
-            loss, acc = run_epoch(
-                model,
-                _batches(data, batch_size, gen),
-                opt,
-                scheduler=sched,
-                total=math.ceil(len(data) / batch_size),
-                progress=progress,
-                desc=f"{desc} epoch {epoch}/{epochs}".strip(),
-            )
-            history.append({"epoch": epoch, "loss": loss, "acc": acc, "seconds": time.perf_counter() - start})
-    finally:
-        model.eval()
-    return history
-
-
-def _predict(model: nn.Module, data: DigitsWSOL, batch_size: int) -> torch.Tensor:
-    with torch.inference_mode():
-        return torch.cat([model(x) for x, _ in _batches(data, batch_size, None)])
-
-
-def conv_layer(model: nn.Module) -> str:
-    """The layer the class activation maps of every net explain: the last conv's ReLU (12x12 on 48x48).
-
-    For the GAP and GMP nets that is their ``features`` output. For the FC net it must be named:
-    ``camlens.find_layer`` would pick ``features``, whose output is already max-pooled to 3x3 by pool5.
-    """
-    if isinstance(model, _FcNet):
-        names = [name for name, m in model.features.named_children() if not isinstance(m, nn.MaxPool2d)]
-        return f"features.{names[-1]}"
-    return "features"
-
-
-def evaluate(
-    model: nn.Module,
-    data: DigitsWSOL,
-    methods: Sequence[str] = METHODS,
-    batch_size: int = 100,
-    progress: bool = True,
-    desc: str = "",
-    layer: str | None = None,
-) -> dict[str, Any]:
-    """Classification and localisation of ``model`` on ``data``, per method, CAM paper protocol.
-
-    For each method the map of the GROUND-TRUTH class (``targets=labels``) at the canvas size goes to a
-    :class:`~camlens.metrics.localization.LocalizationMeter` with the true box, the mask and the model's
-    top-5 classes. Methods that do not apply to the model (CAM on the FC net) are reported as
-    ``{"applicable": False, "reason": ...}``. ``layer`` is the layer the CAM-family methods explain
-    (``None``: :func:`conv_layer`); saliency explains the input.
+    Files in ``folder``: ``images/NNNNN.png`` (8-bit gray, exactly ``data.images``), ``masks/NNNNN.png``
+    (255 on the digit's pixels, for PxAP) and ``boxes.csv`` with rows ``path,class,x0,y0,x1,y1``
+    (END-EXCLUSIVE boxes, camlens' convention, so ``camlens evaluate boxes.csv`` reads the same set).
+    The CSV format has no mask column, so each sample's mask is attached to what
+    :func:`camlens.datasets.open_dataset` returns.
 
     Returns:
-        ``{"classification": {"top1_cls_err", "top5_cls_err"}, "methods": {name: metrics},
-        "maps": {name: (N, H, W) float16 maps}, "logits": (N, 10)}``.
+        a :class:`camlens.datasets.LocalizationSet` whose samples have boxes and masks.
     """
-    from tqdm.auto import tqdm
+    from PIL import Image
 
+    from camlens.datasets import open_dataset
+
+    folder = Path(folder)
+    for sub in ("images", "masks"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    pixels = np.rint(data.images[:, 0].numpy() * 255.0).astype(np.uint8)
+    masks = data.masks.numpy().astype(np.uint8) * 255
+    lines = ["path,class,x0,y0,x1,y1"]
+    for i in range(len(data)):
+        name = f"{i:05d}.png"
+        Image.fromarray(pixels[i]).save(folder / "images" / name)
+        Image.fromarray(masks[i]).save(folder / "masks" / name)
+        lines.append(f"images/{name},{int(data.labels[i])}," + ",".join(str(int(v)) for v in data.boxes[i]))
+    (folder / "boxes.csv").write_text("\n".join(lines) + "\n")
+    opened = open_dataset(folder / "boxes.csv", classes=list(data.classes))
+    samples = [dataclasses.replace(s, mask=folder / "masks" / Path(s.image_id).name) for s in opened.samples]
+    return dataclasses.replace(opened, samples=samples)
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _environment(threads: int) -> dict[str, Any]:
     import camlens
-    from camlens.metrics.localization import LocalizationMeter
 
-    layer = conv_layer(model) if layer is None else layer
-    logits = _predict(model, data, batch_size)
-    top5 = logits.topk(5, dim=1).indices
-    labels = data.labels
-    cls = {
-        "top1_cls_err": 100.0 * float((top5[:, 0] != labels).float().mean()),
-        "top5_cls_err": 100.0 * float((top5 != labels[:, None]).all(1).float().mean()),
+    return {
+        "camlens": camlens.__version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "threads": threads,
     }
-    results: dict[str, Any] = {}
-    maps: dict[str, torch.Tensor] = {}
+
+
+def _command(config: dict[str, Any], out: Path) -> list[str]:
+    """The ``camlens bench wsol`` command that repeats a run with this configuration."""
+    return [
+        "camlens",
+        "bench",
+        "wsol",
+        "--out",
+        str(out),
+        "--seeds",
+        ",".join(map(str, config["seeds"])),
+        "--train",
+        str(config["n_train"]),
+        "--test",
+        str(config["n_test"]),
+        "--epochs",
+        str(config["epochs"]),
+        "--size",
+        ",".join(map(str, config["size"])),
+        "--threads",
+        str(config["threads"]),
+    ]
+
+
+def _applicable(bundle: Any, layer: str, image: torch.Tensor, methods: Sequence[str]) -> dict[str, str]:
+    """Methods that do not apply to the net -> why: CAM needs ``linear(global_pool(A))``, which camlens checks."""
+    import camlens
+
+    reasons = {}
     for method in methods:
-        meter = LocalizationMeter()
-        chunks = []
         options = {"layer": layer} if camlens.get_method(method).takes_layer else {}
-        start = time.perf_counter()
-        if method == "cam":
-            # CAM applies only when the output is linear(global pooling(features)); camlens checks it
-            try:
-                camlens.explain(model, data.images[:1], method="cam", targets=labels[:1], **options)
-            except ValueError as err:
-                results[method] = {"applicable": False, "reason": str(err).split(";")[0]}
-                continue
-        for lo in tqdm(
-            range(0, len(data), batch_size), desc=f"{desc} {method}".strip(), disable=not progress, leave=False
-        ):
-            hi = min(lo + batch_size, len(data))
-            exp = camlens.explain(model, data.images[lo:hi], method=method, targets=labels[lo:hi], **options)
-            batch_maps = exp.maps[:, 0]
-            chunks.append(batch_maps.to(torch.float16))
-            for j in range(hi - lo):
-                i = lo + j
-                meter.add(batch_maps[j], data.boxes[i][None], int(labels[i]), top5[i], mask=data.masks[i])
-        metrics: dict[str, Any] = dict(meter.compute())
-        metrics["gt_known_loc_err"] = 100.0 - metrics["gt_known_loc_acc"]
-        metrics["seconds"] = time.perf_counter() - start
-        metrics["applicable"] = True
-        metrics["layer"] = exp.layer
-        results[method] = metrics
-        maps[method] = torch.cat(chunks)
-    return {"classification": cls, "methods": results, "maps": maps, "logits": logits}
-
-
-def _fmt(value: Any, digits: int = 1) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
-
-
-def render_tables(results: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
-    """Markdown of the paper-style Tables 1 and 2 from ``run``'s results, and the CSV rows."""
-    ev = results["nets"]
-    lines = [
-        "Table 1. Classification error (%) on the test set (cf. CAM paper, Table 1).",
-        "",
-        "| Network | top-1 err | top-5 err | train acc (last epoch) | parameters |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    rows: list[dict[str, Any]] = []
-    for net in NETS:
-        if net not in ev:
-            continue
-        c = ev[net]["classification"]
-        lines.append(
-            f"| {_NET_NAMES[net]} | {_fmt(c['top1_cls_err'])} | {_fmt(c['top5_cls_err'])} | "
-            f"{_fmt(100 * ev[net]['history'][-1]['acc'])} | {ev[net]['parameters']:,} |"
-        )
-    lines += [
-        "",
-        "Table 2. Localisation (%) on the test set: box from the map of the true class at 20% of its max, "
-        "largest component, IoU >= 0.5 (cf. CAM paper, Table 2). Errors: lower is better; MaxBoxAcc (with "
-        "the threshold that achieves it), MaxBoxAccV2 (Choe et al. 2020) and PxAP: higher is better.",
-        "",
-        "| Method | Network | top-1 loc err | top-5 loc err | GT-known loc err | MaxBoxAcc | best threshold "
-        "| MaxBoxAccV2 | PxAP |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for method in METHODS:
-        for net in NETS:
-            if net not in ev or method not in ev[net]["methods"]:
-                continue
-            m = ev[net]["methods"][method]
-            c = ev[net]["classification"]
-            row: dict[str, Any] = {"network": net, "method": method, **c}
-            if not m.get("applicable", True):
-                lines.append(f"| {_METHOD_NAMES[method]} | {_NET_NAMES[net]} |" + " n/a |" * 7)
-                rows.append(row)
-                continue
-            keys = (
-                "top1_loc_err",
-                "top5_loc_err",
-                "gt_known_loc_err",
-                "maxboxacc",
-                "maxboxacc_best_threshold",
-                "maxboxacc_v2",
-                "pxap",
-            )
-            cells = [_fmt(m.get(k), 2 if k.endswith("threshold") else 1) for k in keys]
-            lines.append(f"| {_METHOD_NAMES[method]} | {_NET_NAMES[net]} | " + " | ".join(cells) + " |")
-            row.update({k: m.get(k) for k in keys})
-            rows.append(row)
-    return "\n".join(lines) + "\n", rows
+        try:
+            camlens.explain(bundle.model, image.expand(1, 3, -1, -1), method=method, targets=[0], **options)
+        except ValueError as err:
+            reasons[method] = str(err).split(";")[0]
+    return reasons
 
 
 def _save_png(image: Any, path: Path) -> None:
     """An adaptive 256-colour PNG: heatmap sheets shrink about 3x, with no visible change."""
-    image.quantize(colors=256, method=2).save(path, optimize=True)  # 2: Image.Quantize.FASTOCTREE
+    image.convert("RGB").quantize(colors=256, method=2).save(path, optimize=True)  # 2: FASTOCTREE
 
 
-def _pictures(
-    out: Path, test: DigitsWSOL, train_set: DigitsWSOL, ev: dict[str, Any], examples: int, zoom: int = 5
-) -> list[str]:
+def _dataset_picture(data: DigitsWSOL, path: Path, zoom: int = 5) -> None:
     from PIL import Image
 
     from camlens import viz
-    from camlens.localize import box_from_map
-    from camlens.metrics.localization import box_iou
 
-    def photo(image: torch.Tensor) -> Any:
-        gray = (image[0].numpy() * 255 + 0.5).astype(np.uint8)
-        big = Image.fromarray(gray).resize((gray.shape[1] * zoom, gray.shape[0] * zoom), Image.Resampling.NEAREST)
-        return big.convert("RGB")
-
-    def scaled(box: Any) -> list[int] | None:
-        return None if box is None else [int(v) * zoom for v in box]
-
-    written = []
     tiles = []
-    for i in range(min(8, len(train_set))):
-        tiles.append(
-            viz.draw_box(
-                photo(train_set.images[i]),
-                scaled(train_set.boxes[i].tolist()),
-                f"{int(train_set.labels[i])}",
-                "#ff3333",
-            )
-        )
-    path = out / "wsol_digits_dataset.png"
+    for i in range(min(8, len(data))):
+        gray = np.rint(data.images[i, 0].numpy() * 255.0).astype(np.uint8)
+        big = Image.fromarray(gray).resize((gray.shape[1] * zoom,) * 2, Image.Resampling.NEAREST).convert("RGB")
+        box = [int(v) * zoom for v in data.boxes[i].tolist()]
+        tiles.append(viz.draw_box(big, box, str(int(data.labels[i])), "#ff3333"))
     _save_png(viz.grid(tiles, columns=4), path)
-    written.append(path.name)
-    for net, result in ev.items():
-        tiles = []
-        methods = [m for m in METHODS if m in result["maps"]]
-        for i in range(min(examples, len(test))):
-            gt = test.boxes[i].tolist()
-            pred = int(result["logits"][i].argmax())
-            tiles.append(
-                viz.draw_box(photo(test.images[i]), scaled(gt), f"true {int(test.labels[i])}, pred {pred}", "#ff3333")
-            )
-            for method in methods:
-                cam = result["maps"][method][i].float()
-                big = F.interpolate(cam[None, None], scale_factor=zoom, mode="bilinear", align_corners=False)[0, 0]
-                box = box_from_map(cam, 0.2)
-                iou = float(box_iou([box], [gt])[0, 0]) if box is not None else 0.0
-                tile = viz.overlay(photo(test.images[i]), big.clamp(0, 1).numpy(), alpha=0.5)
-                tile = viz.draw_box(tile, scaled(gt), None, "#ff3333")
-                tile = viz.draw_box(
-                    tile, scaled(box), f"{_METHOD_NAMES[method].split(' ')[0]} IoU {iou:.2f}", "#00ff66"
-                )
-                tiles.append(tile)
-        path = out / f"wsol_digits_{net}.png"
-        _save_png(viz.grid(tiles, columns=1 + len(methods)), path)
-        written.append(path.name)
-    return written
+
+
+def _one_seed(
+    out: Path, seed: int, config: dict[str, Any], methods: Sequence[str], examples: int, bar: Any, progress: bool
+) -> dict[str, Any]:
+    """Data, the three nets trained, one ``camlens.evaluate.evaluate`` per net: the record of one seed."""
+    from camlens import evaluate as _evaluate
+
+    timing: dict[str, float] = {}
+    t = time.perf_counter()
+    common = {"canvas": config["canvas"], "seed": seed, "clutter": config["clutter"], "size": tuple(config["size"])}
+    train_set = make_dataset(config["n_train"], split="train", **common)
+    test_set = make_dataset(config["n_test"], split="test", **common)
+    test = write_dataset(test_set, out / "data")
+    timing["data_s"] = time.perf_counter() - t
+    record: dict[str, Any] = {"nets": {}, "timing": timing, "train_set": train_set}
+    for name, model in _nets.make_nets(seed, config["canvas"], batch_norm=True).items():
+        bar.set_postfix_str(f"seed {seed}, {name} net: training")
+        t = time.perf_counter()
+        history = _nets.train(
+            model,
+            train_set,
+            epochs=config["epochs"],
+            lr=config["lr"],
+            batch_size=config["batch_size"],
+            seed=seed,
+            progress=progress,
+            desc=f"seed {seed} {name}",
+        )
+        timing[f"train_{name}_s"] = time.perf_counter() - t
+        bar.set_postfix_str(f"seed {seed}, {name} net: evaluating")
+        t = time.perf_counter()
+        bundle = _nets.model_bundle(model, f"{name} net (seed {seed})", config["canvas"])
+        layer = "net." + _nets.conv_layer(model)
+        refused = _applicable(bundle, layer, test_set.images[0], methods)
+        evaluation = _evaluate.evaluate(
+            bundle,
+            test,
+            [m for m in methods if m not in refused],
+            metrics="localization",
+            layer=layer,
+            batch_size=100,
+            out=out / name,
+            examples=examples,
+            progress=progress,
+        )
+        timing[f"eval_{name}_s"] = time.perf_counter() - t
+        rows = {m: dict(evaluation.rows[m]) for m in evaluation.methods}
+        first = next(iter(rows.values()))
+        for row in rows.values():
+            row["gt_known_loc_err"] = 100.0 - row["gt_known_loc_acc"]
+        record["nets"][name] = {
+            "classification": {
+                "top1_cls_err": first["top1_cls_err"],
+                "topk_cls_err": first["topk_cls_err"],
+                "train_acc": 100.0 * history[-1]["acc"],
+            },
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "layer": layer,
+            "history": history,
+            "images": evaluation.images,
+            "methods": {m: rows[m] if m in rows else {"applicable": False, "reason": refused[m]} for m in methods},
+            "files": {k: str(Path(v).resolve().relative_to(out.parent.resolve())) for k, v in evaluation.files.items()},
+        }
+        bar.update(1)
+    return record
 
 
 def run(
     out_dir: str | Path,
-    seed: int = 0,
+    seeds: Sequence[int] = (0, 1, 2),
     n_train: int = 8000,
     n_test: int = 1000,
     epochs: int = 6,
-    threads: int | None = None,
+    threads: int | None = 1,
     progress: bool = True,
     *,
     clutter: int = 3,
@@ -603,108 +433,101 @@ def run(
     examples: int = 6,
     pictures: bool = True,
 ) -> dict[str, Any]:
-    """Generate the data, train the GAP, GMP and FC nets, evaluate every method, write the tables.
+    """For each seed: generate the data, train the GAP, GMP and FC nets, evaluate every method with evaluate.
 
-    Writes into ``out_dir``: ``results.json`` (configuration, timings, training history, every metric),
-    ``table.md`` (the CAM paper's Tables 1 and 2 in structure), ``table.csv`` (one row per method and
-    network) and, with ``pictures``, ``wsol_digits_dataset.png`` and ``wsol_digits_{gap,gmp,fc}.png``
-    (test images with the true box in red and each method's box in green over its map).
+    The defaults are the run of ``docs/wsol_digits.md``'s main table (``camlens bench wsol`` with no arguments).
+    Writes into ``out_dir``: ``results.json`` (the command, environment, configuration, timings, every number
+    of every seed and their statistics over seeds), ``table.md`` (the CAM paper's Tables 1 and 2 in structure,
+    mean and range over seeds), ``table.csv`` (one row per cell), ``seed{S}/`` (the test set as PNG + CSV +
+    masks and one ``camlens evaluate`` folder per net), and with ``pictures`` ``wsol_digits_dataset.png`` and
+    ``wsol_digits_{gap,gmp,fc}.png`` (evaluate's example pictures of the first seed).
 
     Args:
         out_dir: output folder (created).
-        seed: seeds the data, the initial weights and the training order.
+        seeds: one run per seed; a seed sets the data, the initial weights and the training order.
         n_train: training images (from the train pool of scans).
         n_test: test images (from the disjoint test pool).
         epochs: training epochs per network.
         threads: ``torch.set_num_threads`` for the run (restored afterwards); ``None``: leave as is.
-        progress: tqdm bars.
+        progress: progress bars (an overall one with the ETA, one per training epoch and evaluation).
         clutter: digit fragments per image.
         canvas: image side in pixels.
         size: (min, max) digit height in pixels.
         batch_size: training batch size.
         lr: peak learning rate (Adam, one-cycle schedule).
         methods: methods to evaluate (default: CAM, Grad-CAM, Grad-CAM++, saliency).
-        examples: test images in each picture.
-        pictures: write the PNG pictures (needs matplotlib).
+        examples: test images in each example picture (the first seed's).
+        pictures: write the example pictures (needs matplotlib).
 
     Returns:
         the dictionary written to ``results.json``.
     """
+    from PIL import Image
+    from tqdm.auto import tqdm
+
+    seeds = [int(s) for s in seeds]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be distinct and at least one, got {seeds}")
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be >= 1 or None, got {threads}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     previous = torch.get_num_threads()
     if threads is not None:
-        if threads < 1:
-            raise ValueError(f"threads must be >= 1, got {threads}")
         torch.set_num_threads(threads)
+    config: dict[str, Any] = {
+        "seeds": seeds,
+        "n_train": n_train,
+        "n_test": n_test,
+        "epochs": epochs,
+        "clutter": clutter,
+        "canvas": canvas,
+        "size": list(size),
+        "batch_size": batch_size,
+        "lr": lr,
+        "methods": list(methods),
+        "threads": torch.get_num_threads(),
+        "box_threshold": 0.2,
+        "iou": 0.5,
+    }
     wall0, cpu0 = time.perf_counter(), time.process_time()
-    timing: dict[str, float] = {}
+    per_seed: dict[str, Any] = {}
+    timing: dict[str, Any] = {}
     try:
-        t = time.perf_counter()
-        train_set = make_dataset(n_train, canvas=canvas, seed=seed, clutter=clutter, split="train", size=size)
-        test_set = make_dataset(n_test, canvas=canvas, seed=seed, clutter=clutter, split="test", size=size)
-        timing["data_s"] = time.perf_counter() - t
-        nets = make_nets(seed, canvas, batch_norm=True)
-        ev: dict[str, Any] = {}
-        summary: dict[str, Any] = {}
-        for name, model in nets.items():
-            t = time.perf_counter()
-            history = train(
-                model, train_set, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, progress=progress, desc=name
-            )
-            timing[f"train_{name}_s"] = time.perf_counter() - t
-            t = time.perf_counter()
-            wanted = [m for m in methods if m != "cam" or name != "fc"]
-            result = evaluate(model, test_set, wanted, progress=progress, desc=name)
-            if "cam" in methods and name == "fc":
-                result["methods"]["cam"] = {
-                    "applicable": False,
-                    "reason": "the FC net's output is not linear(global_pool(features)): CAM does not apply",
-                }
-            timing[f"eval_{name}_s"] = time.perf_counter() - t
-            result["history"] = history
-            result["parameters"] = sum(p.numel() for p in model.parameters())
-            ev[name] = result
-            summary[name] = {k: v for k, v in result.items() if k not in ("maps", "logits")}
+        bar = tqdm(total=len(seeds) * len(NETS), desc="camlens bench wsol", unit="net", disable=not progress)
+        with bar:
+            for seed in seeds:
+                t = time.perf_counter()
+                shown = examples if pictures and seed == seeds[0] else 0
+                record = _one_seed(out / f"seed{seed}", seed, config, methods, shown, bar, progress)
+                record["timing"]["total_wall_s"] = time.perf_counter() - t
+                train_set = record.pop("train_set")
+                if shown:
+                    _dataset_picture(train_set, out / "wsol_digits_dataset.png")
+                    for net, entry in record["nets"].items():
+                        if "examples" in entry["files"]:
+                            with Image.open(out / entry["files"]["examples"]) as sheet:
+                                _save_png(sheet, out / f"wsol_digits_{net}.png")
+                per_seed[str(seed)] = record
         timing["total_wall_s"] = time.perf_counter() - wall0
         timing["total_cpu_s"] = time.process_time() - cpu0
+        timing["per_seed"] = {s: r.pop("timing") for s, r in per_seed.items()}
         results: dict[str, Any] = {
             "benchmark": "wsol_digits",
-            "config": {
-                "seed": seed,
-                "n_train": n_train,
-                "n_test": n_test,
-                "epochs": epochs,
-                "clutter": clutter,
-                "canvas": canvas,
-                "size": list(size),
-                "batch_size": batch_size,
-                "lr": lr,
-                "methods": list(methods),
-                "threads": torch.get_num_threads(),
-                "box_threshold": 0.2,
-                "iou": 0.5,
-            },
-            "environment": {
-                "torch": torch.__version__,
-                "python": platform.python_version(),
-                "machine": platform.machine(),
-                "processor": platform.processor() or platform.machine(),
-            },
+            "command": _command(config, out),
+            "argv": list(sys.argv),
+            "config": config,
+            "environment": _environment(config["threads"]),
             "timing": timing,
-            "nets": summary,
+            "summary": tables.summary(per_seed),
+            "seeds": per_seed,
         }
-        markdown, rows = render_tables(results)
-        if pictures:
-            results["pictures"] = _pictures(out, test_set, train_set, ev, examples)
-            timing["pictures_s"] = time.perf_counter() - wall0 - timing["total_wall_s"]
-        (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        markdown, rows = tables.render_tables(results)
+        (out / "results.json").write_text(json.dumps(results, indent=1, allow_nan=False) + "\n")
         (out / "table.md").write_text(markdown)
-        with open(out / "table.csv", "w", newline="") as f:
-            fields = list(dict.fromkeys(k for row in rows for k in row))
-            writer = csv.DictWriter(f, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(rows)
+        fields = list(rows[0]) if rows else []
+        lines = [",".join(fields)] + [",".join("" if r[f] is None else str(r[f]) for f in fields) for r in rows]
+        (out / "table.csv").write_text("\n".join(lines) + "\n")
     finally:
         torch.set_num_threads(previous)
     return results
