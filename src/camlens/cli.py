@@ -563,9 +563,7 @@ def _write_image(
         picture.save(inside(out, files["overlay"]))
         np.save(inside(out, files["map"]), cam)
         if exp.pixels is not None:
-            pix = torch.nn.functional.interpolate(
-                exp.pixels[i, k][None].float(), size=geometry.original, mode="bilinear"
-            )
+            pix = camlens_geometry.resize(exp.pixels[i, k][None].float(), geometry.original)
             files["pixels"] = f"{stem}_pixels.png"
             viz.pixel_image(pix[0].numpy()).save(inside(out, files["pixels"]))
         overlays.append(picture)

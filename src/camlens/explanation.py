@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 __all__ = ["Explanation", "normalize_maps"]
 
@@ -63,12 +62,10 @@ class Explanation:
     def maps(self) -> torch.Tensor:
         """(B, K, H, W) in [0, 1]: ReLU(raw), bilinear upsampling to the input, per-map min-max."""
         if self._maps is None:
-            positive = self.raw.clamp(min=0)
-            b, k, h, w = positive.shape
-            up = F.interpolate(
-                positive.reshape(b * k, 1, h, w), size=self.input_size, mode="bilinear", align_corners=False
-            )
-            self._maps = normalize_maps(up.view(b, k, *self.input_size))
+            from camlens.geometry import resize
+
+            up = resize(self.raw.clamp(min=0), self.input_size)
+            self._maps = normalize_maps(up)
         return self._maps
 
     @property

@@ -33,7 +33,24 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["Geometry", "box", "original_maps"]
+__all__ = ["Geometry", "box", "original_maps", "resize"]
+
+
+def resize(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(..., h, w) maps -> (..., H, W): THE map resizer of camlens (bilinear, half-pixel centres).
+
+    ``align_corners=False`` is the convention of PIL, ``cv2.INTER_LINEAR`` and the CAM authors'
+    ``imresize``; bilinear never overshoots the input's range. The dtype is kept (float64 stays
+    float64); integer maps become float32.
+    """
+    if maps.dim() < 2:
+        raise ValueError(f"maps: expected (..., h, w), got shape {tuple(maps.shape)}")
+    lead, (h, w) = tuple(maps.shape[:-2]), tuple(maps.shape[-2:])
+    x = maps if maps.is_floating_point() else maps.float()
+    x = x.reshape(-1, 1, h, w)
+    if (h, w) != tuple(size):
+        x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+    return x.reshape(*lead, *x.shape[-2:])
 
 
 def original_maps(raw: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -52,7 +69,7 @@ def original_maps(raw: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     out = torch.empty((flat.shape[0], height, width), dtype=torch.float32, device=raw.device)
     for i, m in enumerate(flat):
         positive = m.float().nan_to_num(0.0, 0.0, 0.0).clamp_(min=0)
-        up = F.interpolate(positive[None, None], size=(height, width), mode="bilinear", align_corners=False)[0, 0]
+        up = resize(positive, (height, width))
         peak = float(up.max())
         out[i] = up.div_(peak) if peak > 0 else up.zero_()
     return out.reshape(*lead, height, width)
@@ -97,10 +114,7 @@ class Geometry:
         For maps already at the input's resolution (``Explanation.maps``); raw maps should go through
         :meth:`to_original`, the path boxes are computed on.
         """
-        lead = maps.shape[:-2]
-        flat = maps.reshape(-1, 1, *maps.shape[-2:]).float()
-        up = F.interpolate(flat, size=self.original, mode="bilinear", align_corners=False)
-        return up.reshape(*lead, *self.original).clamp_(0, 1)
+        return resize(maps.float(), self.original).clamp_(0, 1)
 
     def box_to_original(self, box: tuple[int, int, int, int]) -> list[int]:
         """[x0, y0, x1, y1) in input pixels -> the smallest box covering the same region in original pixels."""

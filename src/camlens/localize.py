@@ -27,7 +27,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from scipy import ndimage
 
 __all__ = ["box_from_map", "boxes_from_map", "components", "iou", "resize_map"]
@@ -172,11 +171,9 @@ def resize_map(cam: torch.Tensor | np.ndarray, size: tuple[int, int]) -> np.ndar
         raise ValueError(f"cam: expected a (..., h, w) map, got shape {tuple(x.shape)}")
     if x.dtype == torch.bool or x.is_complex():
         raise TypeError(f"cam: expected a real-valued map, got dtype {x.dtype}")
-    lead, (h, w) = tuple(x.shape[:-2]), tuple(x.shape[-2:])
-    x = x.to(torch.float64).reshape(-1, 1, h, w)
-    if (h, w) != (height, width):
-        x = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False)
-    return x.reshape(*lead, height, width).numpy().copy()
+    from camlens.geometry import resize
+
+    return resize(x.to(torch.float64), (height, width)).numpy().copy()
 
 
 def iou(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:

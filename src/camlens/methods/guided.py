@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from camlens.geometry import resize
 from camlens.methods.base import Attribution, CAMMethod
 from camlens.methods.gradient import GradCAM
 from camlens.registry import register
@@ -229,6 +230,6 @@ class GuidedGradCAM(CAMMethod):
         # both halves run under this call's hold of the model's lock: no other thread's call between them
         guided = self.guided(x, targets)
         cam = self.gradcam(x, guided.targets if guided.targets is not None else targets)
-        up = F.interpolate(cam.raw.clamp(min=0), size=guided.input_size, mode="bilinear", align_corners=False)
+        up = resize(cam.raw.clamp(min=0), guided.input_size)  # the paper's bilinear upsampling of ReLU(Grad-CAM)
         assert guided.pixels is not None  # a pixel method
         return Attribution(guided.pixels * up[:, :, None], guided.scores, guided.targets, guided.output, cam.layer)
