@@ -1,24 +1,28 @@
-"""Model-randomisation sanity checks (Adebayo et al. 2018): the similarity measures and the check itself.
+"""Model-randomisation sanity checks (Adebayo et al. 2018): the check itself.
 
-* ``spearman`` and ``ssim`` on maps worked out by hand, and against scipy / scikit-image;
+(The similarity measures are tested in ``test_similarity.py``, the figure in ``test_viz.py``.)
+
 * a method whose map cannot depend on the weights (the input's intensity) fails the check;
 * Grad-CAM on a small CNN trained here on scikit-learn's digits passes it;
 * the user's model (weights, buffers, training flags, requires_grad, .grad) and the global random
   state are unchanged after a check;
 * cascading randomisation re-initialises blocks 0..i at step i, independent only block i; default
-  blocks group a normalisation layer with the block before it.
+  blocks group a normalisation layer with the block before it;
+* ``SanityResult.plot`` and ``plot_results`` draw the figure of :func:`camlens.viz.plot_sanity`.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Iterator
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
 import camlens
@@ -30,108 +34,8 @@ from camlens.metrics.sanity import (
     randomized_models,
     sanity_check,
     spearman,
-    ssim,
 )
 from tests import nets
-
-# ---------------------------------------------------------------------------------------------------
-# Spearman
-
-
-def test_spearman_identical_and_reversed() -> None:
-    a = torch.tensor([0.3, 1.0, 2.5, 7.0, 9.0])
-    assert float(spearman(a, a)) == 1.0
-    # reversed order: ranks 1..5 vs 5..1, d_i = 4, 2, 0, -2, -4, 1 - 6 * 40 / (5 * 24) = -1
-    assert float(spearman(a, a.flip(0))) == -1.0
-    # any increasing transform keeps the ranks
-    assert float(spearman(a, a.exp())) == 1.0
-
-
-def test_spearman_ties_average_ranks() -> None:
-    # a = [1, 2, 2, 3] -> ranks [1, 2.5, 2.5, 4]; b = [10, 20, 30, 40] -> ranks [1, 2, 3, 4]
-    # centred: [-1.5, 0, 0, 1.5] and [-1.5, -0.5, 0.5, 1.5]; sums of products 4.5, squares 4.5 and 5
-    # rho = 4.5 / sqrt(4.5 * 5) = 0.9486832980505138
-    rho = spearman(torch.tensor([1.0, 2.0, 2.0, 3.0]), torch.tensor([10.0, 20.0, 30.0, 40.0]))
-    assert float(rho) == pytest.approx(4.5 / (4.5 * 5) ** 0.5, abs=1e-15)
-    # a 2x2 map: the last two dims form one map
-    rho = spearman(torch.tensor([[1.0, 2.0], [2.0, 3.0]]), torch.tensor([[10.0, 20.0], [30.0, 40.0]]))
-    assert float(rho) == pytest.approx(0.9486832980505138, abs=1e-15)
-
-
-def test_spearman_constant_maps() -> None:
-    # documented: two constant maps = 1 (identical ranking), one constant map = 0, non-finite = NaN
-    zeros, ramp = torch.zeros(3, 3), torch.arange(9.0).view(3, 3)
-    assert float(spearman(zeros, torch.full((3, 3), 5.0))) == 1.0
-    assert float(spearman(zeros, ramp)) == 0.0
-    assert float(spearman(ramp, zeros)) == 0.0
-    bad = ramp.clone()
-    bad[0, 0] = float("nan")
-    assert torch.isnan(spearman(bad, ramp))
-
-
-def test_spearman_shapes() -> None:
-    g = torch.Generator().manual_seed(0)
-    a, b = torch.rand(2, 3, 5, 6, generator=g), torch.rand(2, 3, 5, 6, generator=g)
-    rho = spearman(a, b)
-    assert rho.shape == (2, 3) and rho.dtype == torch.float64
-    assert float(rho[1, 2]) == pytest.approx(float(spearman(a[1, 2], b[1, 2])), abs=1e-15)
-    vectors = spearman(a.view(6, 30), b.view(6, 30), map_dims=1)
-    torch.testing.assert_close(vectors, rho.view(6), rtol=0, atol=1e-15)
-    with pytest.raises(ValueError, match="same shape"):
-        spearman(a, b[:1])
-
-
-def test_spearman_matches_scipy() -> None:
-    stats = pytest.importorskip("scipy.stats")
-    g = torch.Generator().manual_seed(1)
-    a = torch.rand(4, 20, 20, generator=g)
-    b = 0.5 * a + torch.rand(4, 20, 20, generator=g)
-    a[0, :8] = 0  # many ties, as in ReLU'd maps
-    b[1] = torch.round(b[1] * 5) / 5
-    b[2] = -a[2]
-    got = spearman(a, b)
-    for i in range(4):
-        expected = stats.spearmanr(a[i].flatten().numpy(), b[i].flatten().numpy()).statistic
-        assert float(got[i]) == pytest.approx(expected, abs=1e-12)
-
-
-# ---------------------------------------------------------------------------------------------------
-# SSIM
-
-
-def test_ssim_hand_computed() -> None:
-    a = torch.rand(16, 16, generator=torch.Generator().manual_seed(2))
-    assert float(ssim(a, a)) == pytest.approx(1.0, abs=1e-12)
-    # constant maps: no variance, so SSIM = (2 c_a c_b + C1) / (c_a^2 + c_b^2 + C1), C1 = (0.01 * 1)^2
-    c1 = 1e-4
-    assert float(ssim(torch.zeros(12, 12), torch.ones(12, 12))) == pytest.approx(c1 / (1 + c1), rel=1e-9)
-    half = torch.full((12, 12), 0.5)
-    assert float(ssim(half, torch.ones(12, 12))) == pytest.approx((2 * 0.5 + c1) / (0.25 + 1 + c1), rel=1e-9)
-    # a map and its negative image around 0.5 (same means, correlation -1): luminance 1, structure term
-    # (2 cov + C2) / (var + var + C2) = (-2 v + C2) / (2 v + C2) at every window, close to -1
-    assert float(ssim(a, 1 - a)) < -0.9
-    with pytest.raises(ValueError, match="at least 11x11"):
-        ssim(torch.zeros(8, 8), torch.zeros(8, 8))
-
-
-def test_ssim_matches_skimage() -> None:
-    metrics = pytest.importorskip("skimage.metrics")
-    g = torch.Generator().manual_seed(3)
-    a = torch.rand(3, 40, 33, generator=g)
-    b = (0.6 * a + 0.4 * torch.rand(3, 40, 33, generator=g)).clamp(0, 1)
-    b[2] = F.avg_pool2d(a[2][None], 3, 1, 1)[0]
-    got = ssim(a, b)
-    for i in range(3):
-        expected = metrics.structural_similarity(
-            a[i].double().numpy(),
-            b[i].double().numpy(),
-            gaussian_weights=True,
-            sigma=1.5,
-            use_sample_covariance=False,
-            data_range=1.0,
-        )
-        assert float(got[i]) == pytest.approx(expected, abs=1e-9)
-
 
 # ---------------------------------------------------------------------------------------------------
 # a small CNN trained on scikit-learn's digits
@@ -427,20 +331,25 @@ def test_blocks_argument() -> None:
         sanity_check(model, x, "gradcam", batch_size=3, progress=False)
 
 
-def test_plot(tmp_path: object, digits: tuple[DigitNet, torch.Tensor, float]) -> None:
+def test_plot_doors_draw_the_viz_figure(tmp_path: Path, digits: tuple[DigitNet, torch.Tensor, float]) -> None:
     pytest.importorskip("matplotlib")
-    from pathlib import Path
+    from camlens import viz
 
     model, x, _ = digits
     result = sanity_check(model, x[:2], "gradcam", progress=False)
-    path = result.plot(Path(str(tmp_path)) / "sanity.png", images=[x[0, 0].numpy()] * 2)
-    assert path.stat().st_size > 10_000
+    assert isinstance(result, SanityResult) and "gradcam" in repr(result)
+    images = [x[0, 0].numpy()] * 2
+    path = result.plot(tmp_path / "sanity.png", images=images)
+    # 4 steps, a photo column and 5 map columns of 1 in, one row of maps: 13 x 5.95 in at 110 dpi, 1430 x 654
+    assert Image.open(path).size == (1430, 654)
+    same = viz.plot_sanity([result], tmp_path / "viz.png", images=images)
+    np.testing.assert_array_equal(np.asarray(Image.open(path)), np.asarray(Image.open(same)))
     # a method checked on coarser steps is drawn at the columns that leave the same blocks randomised
     blocks = ["fc+features.6", "features.3+features.4+features.0+features.1"]
     coarse = sanity_check(model, x[:2], "guided-backprop", blocks=blocks, progress=False)
-    both = plot_results([result, coarse], Path(str(tmp_path)) / "both.png")
-    assert both.stat().st_size > 10_000
-    assert isinstance(result, SanityResult) and "gradcam" in repr(result)
+    both = plot_results([result, coarse], tmp_path / "both.png")
+    same = viz.plot_sanity([result, coarse], tmp_path / "viz_both.png")
+    np.testing.assert_array_equal(np.asarray(Image.open(both)), np.asarray(Image.open(same)))
     unrelated = SanityResult("x", "cascading", ["conv9"], np.zeros((1, 1)), np.zeros((1, 1)), np.zeros((1, 1)))
     with pytest.raises(ValueError, match="not among the blocks"):
-        plot_results([result, unrelated], Path(str(tmp_path)) / "x.png")
+        plot_results([result, unrelated], tmp_path / "x.png")

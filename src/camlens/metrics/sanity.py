@@ -11,7 +11,8 @@ maps of the trained model, for the same inputs and the same class ids:
 * **independent** randomisation: one block at a time, the others keep their trained weights.
 
 Similarity between the original map and the randomised one (the paper's similarity metrics; its
-HOG similarity is left out):
+HOG similarity is left out), computed by :mod:`camlens.metrics.similarity` (``spearman`` and ``ssim``
+are re-exported here):
 
 * ``spearman``: Spearman rank correlation of the maps camlens shows (``Explanation.maps``: ReLU,
   bilinear upsampling, min-max);
@@ -55,6 +56,9 @@ however modules are grouped into blocks (so a check on coarser steps ends in the
 The user's model is never changed: everything runs on one ``copy.deepcopy`` of it, and the global
 random number generator state is restored after each re-initialisation.
 
+The check returns numbers (:class:`SanityResult`); its figure (:meth:`SanityResult.plot`,
+:func:`plot_results`) is drawn by :func:`camlens.viz.plot_sanity`.
+
 Example:
     >>> from camlens.metrics.sanity import sanity_check
     >>> result = sanity_check(model, x, method="gradcam")
@@ -83,6 +87,7 @@ from torch import nn
 from camlens._state import model_lock
 from camlens.capture import LayerRef, resolve_layer, trace_calls
 from camlens.explanation import Explanation
+from camlens.metrics.similarity import spearman, ssim
 from camlens.registry import get_method
 from camlens.targets import Targets
 
@@ -104,150 +109,6 @@ _BN_MODES = ("recalibrate", "reset")
 _METRICS = ("spearman", "spearman_abs", "spearman_signed", "ssim")
 _NORM = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
-
-
-# --------------------------------------------------------------------------------------------------
-# similarity measures
-
-
-def _flatten_maps(a: torch.Tensor, b: torch.Tensor, map_dims: int) -> tuple[torch.Tensor, torch.Tensor, torch.Size]:
-    if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor):
-        raise TypeError(f"maps must be tensors, got {type(a).__name__} and {type(b).__name__}")
-    if a.shape != b.shape:
-        raise ValueError(f"maps to compare must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
-    if a.dim() == 0:
-        raise ValueError("maps must have at least one dimension")
-    dims = min(map_dims, a.dim())
-    lead = a.shape[: a.dim() - dims]
-    return (
-        a.reshape(-1, math.prod(a.shape[a.dim() - dims :])),
-        b.reshape(-1, math.prod(b.shape[a.dim() - dims :])),
-        lead,
-    )
-
-
-def _average_ranks(x: torch.Tensor) -> torch.Tensor:
-    """1-based ranks along dim 1, ties sharing their average rank (as ``scipy.stats.rankdata``).
-
-    One ``sort`` (argsort) per row; in sorted order, a tie group spans positions first..last, whose
-    ranks first+1 .. last+1 average to (first + last) / 2 + 1; the ranks are scattered back through
-    the sort permutation.
-    """
-    n, d = x.shape
-    ordered, order = x.sort(dim=1)
-    pos = torch.arange(d, device=x.device).expand(n, d)
-    differs = ordered[:, 1:] != ordered[:, :-1]
-    starts = torch.ones(n, d, dtype=torch.bool, device=x.device)
-    starts[:, 1:] = differs
-    ends = torch.ones(n, d, dtype=torch.bool, device=x.device)
-    ends[:, :-1] = differs
-    first = torch.where(starts, pos, torch.zeros_like(pos)).cummax(1).values
-    last = torch.where(ends, pos, torch.full_like(pos, d)).flip(1).cummin(1).values.flip(1)
-    average = (first + last).to(torch.float64) / 2 + 1
-    return torch.empty_like(average).scatter_(1, order, average)
-
-
-def spearman(a: torch.Tensor, b: torch.Tensor, map_dims: int = 2) -> torch.Tensor:
-    """Spearman rank correlation of each pair of maps: the Pearson correlation of their ranks.
-
-    Ties get their average rank (Spearman 1904; ``scipy.stats.spearmanr`` does the same). Computed
-    in float64.
-
-    Args:
-        a, b: maps of the same shape (..., H, W); the last ``map_dims`` dims form one map (use
-            ``map_dims=1`` for batches of vectors; a 1-D input is one vector).
-        map_dims: how many trailing dims make up one map.
-
-    Returns:
-        float64 tensor of the leading shape (...): one correlation per map.
-        Constant maps, whose correlation is undefined (0/0), are handled so the check stays
-        meaningful: two constant maps give 1 (identical rankings: nothing changed), one constant map
-        against a varying one gives 0 (no association). A map with NaN or inf gives NaN.
-
-    Example:
-        >>> spearman(torch.tensor([1.0, 2, 3]), torch.tensor([3.0, 2, 1]))  # tensor(-1.)
-    """
-    x, y, lead = _flatten_maps(a, b, map_dims)
-    x, y = x.to(torch.float64), y.to(torch.float64)
-    finite = torch.isfinite(x).all(1) & torch.isfinite(y).all(1)
-    x = torch.where(finite[:, None], x, torch.zeros_like(x))
-    y = torch.where(finite[:, None], y, torch.zeros_like(y))
-    rx, ry = _average_ranks(x.contiguous()), _average_ranks(y.contiguous())
-    rx = rx - rx.mean(1, keepdim=True)
-    ry = ry - ry.mean(1, keepdim=True)
-    sxx, syy, sxy = (rx * rx).sum(1), (ry * ry).sum(1), (rx * ry).sum(1)
-    const_x, const_y = sxx == 0, syy == 0
-    rho = sxy / torch.sqrt(torch.where(const_x | const_y, torch.ones_like(sxx), sxx * syy))
-    rho = torch.where(
-        const_x & const_y, torch.ones_like(rho), torch.where(const_x | const_y, torch.zeros_like(rho), rho)
-    )
-    rho = rho.clamp(-1.0, 1.0)
-    rho = torch.where(finite, rho, torch.full_like(rho, float("nan")))
-    return rho.reshape(lead)
-
-
-def _gaussian_1d(size: int, sigma: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    r = torch.arange(size, dtype=dtype, device=device) - (size - 1) / 2
-    g = torch.exp(-(r**2) / (2 * sigma**2))
-    return g / g.sum()
-
-
-def ssim(
-    a: torch.Tensor,
-    b: torch.Tensor,
-    *,
-    data_range: float = 1.0,
-    win_size: int = 11,
-    sigma: float = 1.5,
-    k1: float = 0.01,
-    k2: float = 0.03,
-) -> torch.Tensor:
-    """Mean structural similarity (Wang, Bovik, Sheikh & Simoncelli, IEEE TIP 2004) of each pair of maps.
-
-    SSIM(x, y) = (2 mu_x mu_y + C1)(2 sigma_xy + C2) / ((mu_x^2 + mu_y^2 + C1)(sigma_x^2 + sigma_y^2 + C2))
-    (their eq. 13), with local statistics weighted by an 11x11 circular-symmetric Gaussian window of
-    standard deviation 1.5 (their sec. III-C), C1 = (k1 L)^2, C2 = (k2 L)^2, k1 = 0.01, k2 = 0.03, L the
-    data range; the index is the mean of the SSIM map over the positions where the window fits in the
-    image ("valid" positions; ``skimage.metrics.structural_similarity(gaussian_weights=True,
-    sigma=1.5, use_sample_covariance=False, data_range=1)`` averages the same positions). Computed in
-    float64.
-
-    Args:
-        a, b: maps of the same shape (..., H, W), scaled to [0, ``data_range``] (camlens' ``.maps``
-            are in [0, 1]); H and W must be at least ``win_size``.
-
-    Returns:
-        float64 tensor of the leading shape (...). Identical maps give 1. Two constant maps give
-        (2 c_a c_b + C1) / (c_a^2 + c_b^2 + C1): the luminance term only.
-    """
-    x, y, lead = _flatten_maps(a, b, 2)
-    if a.dim() < 2:
-        raise ValueError(f"SSIM compares 2-D maps (..., H, W), got shape {tuple(a.shape)}")
-    h, w = a.shape[-2:]
-    if h < win_size or w < win_size:
-        raise ValueError(
-            f"SSIM needs maps of at least {win_size}x{win_size} (its Gaussian window), got {tuple(a.shape[-2:])}; "
-            "upsample the maps or pass a smaller odd win_size"
-        )
-    if win_size % 2 != 1:
-        raise ValueError(f"win_size must be odd, got {win_size}")
-    x = x.to(torch.float64).reshape(-1, 1, h, w)
-    y = y.to(torch.float64).reshape(-1, 1, h, w)
-    g = _gaussian_1d(win_size, sigma, x.dtype, x.device)
-    # the 2-D Gaussian window is separable: one row pass and one column pass, for all five moments at once
-    moments = torch.cat([x, y, x * x, y * y, x * y], 1)
-    blurred = F.conv2d(
-        F.conv2d(moments, g.view(1, 1, 1, -1).expand(5, 1, 1, win_size), groups=5),
-        g.view(1, 1, -1, 1).expand(5, 1, win_size, 1),
-        groups=5,
-    )
-    mu_x, mu_y, exx, eyy, exy = blurred.unbind(1)
-    var_x = exx - mu_x**2
-    var_y = eyy - mu_y**2
-    cov = exy - mu_x * mu_y
-    c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
-    index = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
-    return index.mean((1, 2)).reshape(lead)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -674,8 +535,12 @@ class SanityResult:
             path: where to write the PNG.
             images: optional photos (one per sample, PIL or HxWx3 array); the first is drawn before the maps.
             threshold: drawn as a dashed line on the curves.
+
+        The figure is drawn by :func:`camlens.viz.plot_sanity` (needs matplotlib, the ``viz`` extra).
         """
-        return plot_results([self], path, images=images, threshold=threshold)
+        from camlens.viz.plots import plot_sanity
+
+        return plot_sanity([self], path, images=images, threshold=threshold)
 
     def __repr__(self) -> str:
         final = f"{float(self.mean()[-1]):.3f}" if self.layers else "-"
@@ -885,184 +750,14 @@ def sanity_check(
     )
 
 
-# --------------------------------------------------------------------------------------------------
-# figures
-
-
-def _tile(m: np.ndarray, pixel: bool) -> np.ndarray:
-    m = np.asarray(m, dtype=np.float64)
-    if pixel:
-        # as the paper's grayscale figures: clip at the 99th percentile, then scale to [0, 1]
-        top = np.percentile(m, 99)
-        m = np.clip(m / top, 0, 1) if top > 0 else np.zeros_like(m)
-    return m
-
-
-def _photo(image: Any) -> np.ndarray:
-    if isinstance(image, torch.Tensor):
-        t = image.detach().cpu().float()
-        if t.dim() == 3 and t.shape[0] in (1, 3):
-            t = t.permute(1, 2, 0)
-        out = t.numpy().astype(np.float64)
-        return (out - out.min()) / max(float(out.max() - out.min()), 1e-12)
-    arr = np.asarray(image.convert("RGB") if hasattr(image, "convert") else image)
-    return arr.astype(np.float64) / (255.0 if arr.dtype == np.uint8 else 1.0)
-
-
-def _columns(layers: Sequence[str], result: SanityResult) -> list[int]:
-    """For each step of ``result``, the index in ``layers`` of the step that leaves the same blocks randomised.
-
-    A step that randomises several of the reference blocks at once (``"_blocks.15+_blocks.14"``) is
-    drawn at the last of them: in cascading mode both leave the same blocks re-initialised.
-    """
-    index = {name: i for i, label in enumerate(layers) for name in label.split("+")}
-    out = []
-    for label in result.layers:
-        names = label.split("+")
-        missing = [n for n in names if n not in index]
-        if missing:
-            raise ValueError(
-                f"{result.method}: block {missing[0]!r} is not among the blocks of the other results; "
-                "plot results with different blocks separately"
-            )
-        out.append(max(index[n] for n in names))
-    return out
-
-
 def plot_results(
     results: Sequence[SanityResult], path: str | Path, images: Any = None, threshold: float = 0.5, sample: int = 0
 ) -> Path:
-    """One PNG for one or several methods, laid out as the paper's Fig. 2 and Fig. 4.
+    """One PNG for one or several methods, as the paper's Fig. 2 and Fig. 4: :func:`camlens.viz.plot_sanity`.
 
-    Top: one panel per similarity measure (Spearman of the shown maps, Spearman of |maps|, SSIM), mean
-    over samples against the randomised block, one curve per method (shaded: interquartile range over
-    samples for a single method). Below: one row of maps per method, the original model's map first,
-    then the map after each step (for ``sample``); pixel-method maps are clipped at their 99th
-    percentile, as the paper displays them.
-
-    Args:
-        results: sanity results; each one's blocks must be blocks, or unions of blocks, of the one with the
-            most steps (a method checked on coarser steps is drawn at the matching columns).
-        path: the PNG to write.
-        images: optional photos, one per sample (PIL, HxWx3 array or (3, H, W) tensor); ``images[sample]``
-            is drawn at the start of each row.
-        threshold: drawn as a dashed line.
-        sample: which sample's maps to draw.
+    Kept here so ``from camlens.metrics.sanity import plot_results`` keeps working; the figure is drawn
+    by :mod:`camlens.viz` (needs matplotlib, the ``viz`` extra).
     """
-    try:
-        import matplotlib
+    from camlens.viz.plots import plot_sanity
 
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
-    except ImportError as err:
-        raise ImportError("plots need matplotlib: pip install 'camlens[viz]'") from err
-    results = list(results)
-    if not results:
-        raise ValueError("plot_results needs at least one SanityResult")
-    reference = max(results, key=lambda r: len(r.layers))
-    layers = reference.layers
-    columns = {id(r): _columns(layers, r) for r in results}
-    photos = None
-    if images is not None:
-        photos = list(images) if isinstance(images, (list, tuple)) else [images]
-    steps = len(layers)
-    with_maps = [r for r in results if r.maps is not None and r.maps.shape[1] > sample]
-    several = len(results) > 1
-    cols = steps + 1 + (1 if photos else 0)
-    # layout in inches, from the top: title, curves, their tick labels, map labels, one row per method
-    tile, left_in, right_in = 0.8, 1.0, 1.6 if several else 0.2
-    title_in, curves_in, ticks_in, labels_in, bottom_in = 0.5, 2.4, 1.0, 0.95 if with_maps else 0.0, 0.1
-    fig_w = max(13.0, left_in + right_in + cols * tile)
-    tile = min(tile * 1.25, (fig_w - left_in - right_in) / cols)
-    fig_h = title_in + curves_in + ticks_in + labels_in + tile * len(with_maps) + bottom_in
-    fig = plt.figure(figsize=(fig_w, fig_h))
-
-    def y(inches: float) -> float:
-        return 1 - inches / fig_h
-
-    left, right = left_in / fig_w, 1 - right_in / fig_w
-    gs_curves = fig.add_gridspec(1, 3, left=left, right=right, top=y(title_in), bottom=y(title_in + curves_in))
-    gs_curves.update(wspace=0.15)
-    x = np.arange(steps)
-    names = [("spearman", "Spearman (shown maps)"), ("spearman_abs", "Spearman (|signed maps|)"), ("ssim", "SSIM")]
-    palette = plt.get_cmap("tab20")
-
-    def colors(i: int) -> Any:  # the 10 dark shades first, then the 10 light ones
-        return palette((2 * i) % 20 + (2 * i // 20) % 2)
-
-    positions = results[0].position
-    split = not several and "downstream" in positions and "upstream" in positions
-    for j, (metric, title) in enumerate(names):
-        ax = fig.add_subplot(gs_curves[0, j])
-        if split:
-            ax.axvspan(-0.5, positions.index("upstream") - 0.5, color="0.9", lw=0)
-        for i, r in enumerate(results):
-            values = r._metric(metric)
-            at = columns[id(r)]
-            ax.plot(at, values.mean(1), marker="o", ms=2.5, lw=1.3, color=colors(i), label=r.method)
-            if not several and values.shape[1] > 1:
-                q1, q3 = np.percentile(values, [25, 75], axis=1)
-                ax.fill_between(at, q1, q3, color=colors(i), alpha=0.25, lw=0)
-        if metric != "ssim":
-            ax.axhline(threshold, ls="--", lw=0.8, color="grey")
-        ax.axhline(0, lw=0.5, color="black")
-        ax.set_ylim(-1.05 if metric != "ssim" else -0.05, 1.05)
-        ax.set_xlim(-0.5, steps - 0.5)
-        ax.set_xticks(x)
-        ax.set_xticklabels(layers, rotation=90, fontsize=6)
-        ax.set_title(title, fontsize=9)
-        ax.tick_params(axis="y", labelsize=7)
-        if j == 0:
-            ax.set_ylabel("similarity to the original map", fontsize=8)
-        if j == 2 and several:
-            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
-        if j == 0 and split:
-            ax.text(-0.3, -0.97, "grey: blocks after the explained layer", fontsize=6)
-    if with_maps:
-        gs_maps = fig.add_gridspec(
-            len(with_maps),
-            cols,
-            left=left,
-            right=left + cols * tile / fig_w,
-            top=y(title_in + curves_in + ticks_in + labels_in),
-            bottom=y(fig_h - bottom_in),
-            wspace=0.05,
-            hspace=0.05,
-        )
-        labels = ["original", *layers]
-        for i, r in enumerate(with_maps):
-            assert r.maps is not None
-            c0 = 0
-            if photos:
-                ax = fig.add_subplot(gs_maps[i, 0])
-                ax.imshow(_photo(photos[min(sample, len(photos) - 1)]))
-                ax.set_xticks([])
-                ax.set_yticks([])
-                ax.set_ylabel(r.method, fontsize=7, rotation=0, ha="right", va="center")
-                c0 = 1
-            for s, col in enumerate([-1, *columns[id(r)]][: r.maps.shape[0]]):
-                ax = fig.add_subplot(gs_maps[i, c0 + 1 + col])
-                cmap = "gray" if r.pixel_method else "jet"
-                ax.imshow(_tile(r.maps[s, sample], r.pixel_method), cmap=cmap, vmin=0, vmax=1)
-                ax.set_xticks([])
-                ax.set_yticks([])
-                if s == 0 and not photos:
-                    ax.set_ylabel(r.method, fontsize=7, rotation=0, ha="right", va="center")
-        for col, label in enumerate(labels):
-            ax = fig.add_subplot(gs_maps[0, (1 if photos else 0) + col], frameon=False)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.set_title(label, fontsize=6, rotation=90, va="bottom")
-    what = f"{results[0].method} at {results[0].layer}; " if not several else ""
-    fig.suptitle(
-        f"Model parameter randomisation test (Adebayo et al. 2018): {what}{results[0].mode} randomisation, "
-        f"from the logits down; {f'mean over {results[0].spearman.shape[1]} sample(s)' if not several else 'means'}",
-        fontsize=10,
-        y=y(0.12),
-        va="top",
-    )
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return plot_sanity(results, path, images=images, threshold=threshold, sample=sample)
