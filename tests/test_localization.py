@@ -224,15 +224,27 @@ def test_box_iou_rejects_bad_boxes():
         box_iou([[0, 0, 1]], [[0, 0, 1, 1]])
 
 
-def test_box_iou_matches_torchvision():
-    ops = pytest.importorskip("torchvision.ops")
+def test_box_iou_counts_pixels():
+    # end-exclusive integer boxes: the IoU is the IoU of the pixel sets, counted on a 70 x 70 grid
     rng = np.random.default_rng(3)
     xy = rng.integers(0, 50, size=(2, 30, 2))
     wh = rng.integers(0, 20, size=(2, 30, 2))
-    boxes = np.concatenate([xy, xy + wh], axis=2).astype(np.float64)
-    ours = box_iou(boxes[0], boxes[1])
-    theirs = ops.box_iou(torch.tensor(boxes[0]), torch.tensor(boxes[1])).numpy()
-    np.testing.assert_allclose(ours, np.nan_to_num(theirs), atol=1e-12)
+    boxes = np.concatenate([xy, xy + wh], axis=2)
+
+    def pixels(box):
+        mask = np.zeros((70, 70), dtype=bool)
+        mask[box[1] : box[3], box[0] : box[2]] = True
+        return mask
+
+    masks = [[pixels(b) for b in side] for side in boxes]
+    counted = np.array(
+        [[(p & q).sum() / max((p | q).sum(), 1) for q in masks[1]] for p in masks[0]]  # empty | empty: IoU 0
+    )
+    np.testing.assert_allclose(box_iou(boxes[0], boxes[1]), counted, rtol=0, atol=1e-15)
+    # two empty boxes, even the same one: 0, not 0 / 0
+    np.testing.assert_array_equal(box_iou([[1, 1, 1, 3], [4, 4, 4, 4]], [[1, 1, 1, 3]]), [[0.0], [0.0]])
+    # real-valued boxes: [0, 0, 1.5, 2) and [0.5, 0, 2, 2) overlap 1 x 2 = 2 of 3 + 3 - 2 = 4
+    assert box_iou([0, 0, 1.5, 2], [0.5, 0, 2, 2])[0, 0] == 0.5
 
 
 def test_reference_convention_differs_by_one_pixel():
