@@ -641,4 +641,3 @@ def _write_pictures(
     if any(curves.values()):
         files["curves"] = str(viz.plot_curves(curves, out / "curves.png"))
     return files
-
