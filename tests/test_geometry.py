@@ -98,3 +98,23 @@ def test_explain_prints_the_box_evaluate_scores(
 def record_files(run: Path) -> str:
     line = (run / "results.jsonl").read_text().splitlines()[0]
     return str(json.loads(line)["explanations"][0]["files"]["map"])
+
+
+def test_evaluate_threshold_reaches_the_scored_box(tmp_path: Path) -> None:
+    """`--threshold` is the box's fraction of the max in the table too, not only in the pictures."""
+    from PIL import Image
+
+    from camlens.evaluate import evaluate
+    from tests.nets import GapNet
+
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (16, 32, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    (tmp_path / "d.csv").write_text("path,class,x0,y0,x1,y1\na.png,1,0,0,32,16\n")
+    boxes = {}
+    for t in (0.2, 0.999):
+        result = evaluate(GapNet(), str(tmp_path / "d.csv"), ["gradcam"], threshold=t, progress=False)
+        boxes[t] = result.per_image["gradcam"][0]["box"]
+        assert result.header("gt_known_loc_acc") == f"GT-known loc % [{t:g} max]"
+    # the 99.9%-of-max box is the peak's: strictly smaller than the 20% box
+    area = {t: (b[2] - b[0]) * (b[3] - b[1]) for t, b in boxes.items()}
+    assert area[0.999] < area[0.2]

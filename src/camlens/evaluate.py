@@ -75,6 +75,11 @@ COLUMNS: dict[str, tuple[str, bool | None]] = {
 }
 
 
+# columns whose box is the CAM paper's (threshold x max) / Choe et al.'s min-max sweep
+_AT_MAX = frozenset({"top1_loc_err", "topk_loc_err", "gt_known_loc_acc"})
+_MIN_MAX = frozenset({"maxboxacc", "maxboxacc_v2", "pxap"})
+
+
 @dataclass
 class Evaluation:
     """The table of an evaluation: ``rows[method][column]``; see :data:`COLUMNS` for the names.
@@ -95,10 +100,21 @@ class Evaluation:
     topk: int = 5
     skipped: list[dict[str, str]] = field(default_factory=list)
     per_image: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    threshold: float = 0.2
 
     def header(self, column: str) -> str:
-        """Display name of a column (``topk_loc_err`` -> ``top-5 loc err %``)."""
-        return COLUMNS[column][0].replace("top-K", f"top-{self.topk}")
+        """Display name of a column (``topk_loc_err`` -> ``top-5 loc err % [0.2 max]``).
+
+        Box columns name their normalisation: ``[0.2 max]`` is the CAM paper's box (pixels above 0.2 x
+        the map's max, :mod:`camlens.geometry`), ``[min-max]`` Choe et al.'s threshold sweep over the
+        min-max normalised map.
+        """
+        name = COLUMNS[column][0].replace("top-K", f"top-{self.topk}")
+        if column in _AT_MAX:
+            return f"{name} [{self.threshold:g} max]"
+        if column in _MIN_MAX:
+            return f"{name} [min-max]"
+        return name
 
     @property
     def columns(self) -> list[str]:
@@ -138,6 +154,7 @@ class Evaluation:
             "images": self.images,
             "methods": self.methods,
             "topk": self.topk,
+            "box_threshold": {"value": self.threshold, "of": "the max of the ReLU'd map at the image's size"},
             "rows": self.rows,
             "files": self.files,
             "skipped": self.skipped,
@@ -357,7 +374,7 @@ def evaluate(
             top = logits.topk(k, dim=1).indices.clone()
             pred = top[:, 0]
             if not meters:
-                meters.update(_meters(names, k))
+                meters.update(_meters(names, k, threshold))
             if first_batch is None:
                 first_batch = (x[:sanity_images].clone(), pred[:sanity_images].clone())
             if need_gt and bool((labels < 0).any()):
@@ -429,6 +446,7 @@ def evaluate(
         topk=k,
         skipped=skipped,
         per_image={n: list(meters[n]["loc"].per_image) for n in names if n in meters},
+        threshold=threshold,
     )
     if outdir is not None:
         result.files.update(_write_pictures(outdir, pictures, curves, data.root, max_pixels))
@@ -491,10 +509,10 @@ def _warn_nonfinite(values: torch.Tensor, paths: list[str], warned: set[str], wh
             warnings.warn(f"{path}: {what}", RuntimeWarning, stacklevel=3)
 
 
-def _meters(names: list[str], topk: int) -> dict[str, dict[str, Any]]:
+def _meters(names: list[str], topk: int, threshold: float) -> dict[str, dict[str, Any]]:
     from camlens.metrics.localization import LocalizationMeter
 
-    return {n: {"loc": LocalizationMeter(topk=topk), "pointing": []} for n in names}
+    return {n: {"loc": LocalizationMeter(topk=topk, box_threshold=threshold), "pointing": []} for n in names}
 
 
 def _to_original(raw: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
