@@ -312,6 +312,7 @@ def test_nan_scores_are_a_warning_and_strict_json(
     code, out, err = run(capsys, "explain", image, "--model", "nan_models:build", "--json", "--out", "o")
     assert code == 0, err
     assert "warning: " in err and "a.png: NaN or inf in the scores or maps" in err
+    assert "RuntimeWarning" not in err  # one line naming the image, not a Python warning too
 
     def refuse(constant: str) -> None:
         raise AssertionError(f"non-standard JSON constant {constant}")
@@ -387,3 +388,14 @@ def test_sigint_leaves_a_well_formed_run_and_a_summary(tmp_path: Path) -> None:
     assert manifest["finished"] is None and manifest["images"] == len(records)
     for r in records:
         assert (out / r["explanations"][0]["files"]["map"]).is_file()
+
+
+def test_nan_input_is_a_warning_naming_the_sample() -> None:
+    import camlens
+    from tests.nets import GapNet
+
+    x = torch.rand(3, 3, 16, 16)
+    x[1, 0, 2, 2] = float("nan")
+    with pytest.warns(RuntimeWarning, match=r"sample\(s\) \[1\] are NaN or infinite"):
+        exp = camlens.explain(GapNet(), x, method="gradcam", targets=0)
+    assert torch.isfinite(exp.scores[[0, 2]]).all() and torch.isnan(exp.scores[1]).all()

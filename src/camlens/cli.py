@@ -317,6 +317,7 @@ def _run_files(out: Path) -> set[str]:
 
 def _explain(args: argparse.Namespace) -> int:
     import tempfile
+    import warnings
 
     import torch
     from tqdm.auto import tqdm
@@ -379,7 +380,9 @@ def _explain(args: argparse.Namespace) -> int:
                 x = torch.cat([b[3] for b in batch]).to(args.device)
                 per_sample = None if ids is None else [ids] * len(batch)
                 try:
-                    exp = method(x, targets if per_sample is None or args.topk else per_sample)
+                    with warnings.catch_warnings():  # the CLI names the image itself (record warnings)
+                        warnings.filterwarnings("ignore", "the target scores of sample", RuntimeWarning)
+                        exp = method(x, targets if per_sample is None or args.topk else per_sample)
                 except ValueError as err:
                     raise _UsageError(str(err)) from err
                 run.layer = exp.layer

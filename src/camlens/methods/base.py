@@ -96,6 +96,19 @@ def _warn_training(state: _ModelState) -> None:
         )
 
 
+def _warn_nonfinite(scores: torch.Tensor) -> None:
+    """A warning naming the samples whose target scores are NaN or inf (a (B, K) check: free)."""
+    bad = (~torch.isfinite(scores.detach())).flatten(1).any(1)
+    if bool(bad.any()):
+        which = bad.nonzero().flatten().tolist()
+        warnings.warn(
+            f"the target scores of sample(s) {which} are NaN or infinite (NaN/inf in the inputs or the model?); "
+            "their maps are not meaningful",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
 def _batched_gradients(scores: torch.Tensor, activation: torch.Tensor) -> torch.Tensor:
     """dS[:, k]/dA for every k, in one batched backward: (B, K, C, h, w).
 
@@ -182,6 +195,7 @@ class CAMMethod:
                 ctx = self._forward(x, ref, targets)
                 pixels, raw = None, self.raw_maps(ctx).detach().clone()
                 scores, ids, output, layer = ctx.scores, ctx.ids, ctx.output, str(ref)
+        _warn_nonfinite(scores)
         return Explanation(
             raw=raw,
             targets=None if ids is None else ids.clone(),
