@@ -177,9 +177,8 @@ def resize_map(cam: torch.Tensor | np.ndarray, size: tuple[int, int]) -> np.ndar
 
 
 def iou(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
-    """Intersection over union of two [x0, y0, x1, y1) boxes (see ``camlens.metrics.localization.box_iou``)."""
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
+    """Intersection over union of two [x0, y0, x1, y1) boxes: one entry of
+    :func:`camlens.metrics.localization.box_iou`, the one IoU of camlens."""
+    from camlens.metrics.localization import box_iou
+
+    return float(box_iou(np.asarray([a], dtype=np.float64), np.asarray([b], dtype=np.float64))[0, 0])
