@@ -1,4 +1,4 @@
-"""Data set readers (camlens.datasets) on small fixture trees built here, every box converted by hand.
+"""Data set readers (camlens.data) on small fixture trees built here, every box converted by hand.
 
 Conventions checked: camlens boxes are [x0, y0, x1, y1) 0-based END-EXCLUSIVE.
 * Pascal VOC / ImageNet XML: 1-based inclusive -> [xmin - 1, ymin - 1, xmax, ymax).
@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from camlens.datasets import (
+from camlens.data import (
     DatasetError,
     ImageDataset,
     LocalizationSet,
@@ -687,3 +687,12 @@ def test_sample_value_semantics() -> None:
         a.boxes[0, 0] = 5  # read-only
     m = Sample(Path("/x.png"), 0, np.zeros((0, 4)), mask=Path("/m.png"))
     assert m.masks == (Path("/m.png"),)
+
+
+def test_the_compatibility_module_names_the_same_objects() -> None:
+    """camlens.datasets (the old single module) re-exports camlens.data's public names, the same objects."""
+    import camlens.data
+    import camlens.datasets
+
+    assert camlens.datasets.__all__ == camlens.data.__all__
+    assert all(getattr(camlens.datasets, n) is getattr(camlens.data, n) for n in camlens.data.__all__)

@@ -239,6 +239,39 @@ def test_checkpoint_with_a_source_holds_only_tensors(tmp_path) -> None:  # type:
         assert torch.equal(loaded(x), net(x))
 
 
+def test_checkpoint_loads_through_the_model_loader_and_a_given_builder(tmp_path: Path) -> None:
+    """zoo.load_model reads a checkpoint like any model file, rebuilding the backbone with its own loader."""
+    from camlens import zoo
+
+    resnet = torchvision.models.resnet18(weights=None)
+    net = gap.convert(resnet, num_classes=3, channels=8, input_size=(3, 32, 32), source="torchvision:resnet18")
+    path = tmp_path / "src.pt"
+    gap.save_checkpoint(net, path)
+    x = torch.randn(1, 3, 32, 32)
+    bundle = zoo.load_model(str(path))  # no trust needed: the same rule as gap.load_checkpoint
+    calls: list[tuple[str, bool]] = []
+
+    def build(source: str, trust: bool) -> nn.Module:
+        calls.append((source, trust))
+        return torchvision.models.resnet18(weights=None)
+
+    given = gap.load_checkpoint(path, build_source=build)
+    assert calls == [("torchvision:resnet18", False)]
+    with torch.no_grad():
+        assert torch.equal(bundle.model(x), net(x)) and torch.equal(given(x), net(x))
+    assert bundle.size == 32
+
+
+def test_gap_and_data_never_import_the_model_zoo() -> None:
+    """One import direction: camlens.zoo imports camlens.gap and camlens.data, never the reverse."""
+    import subprocess
+    import sys
+
+    code = "import sys, camlens.gap, camlens.data, camlens.datasets; print('camlens.zoo' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
+
+
 def test_finetune_and_load_errors(tmp_path) -> None:  # type: ignore[no-untyped-def]
     data = _image_folder(tmp_path / "train", classes=("a", "b", "c"), per_class=1)
     net = gap.convert(_Functional(), channels=4, input_size=(3, 8, 8))  # 3 classes: fits

@@ -31,13 +31,8 @@ from PIL import Image
 from torch import nn
 
 from camlens import zoo
-from camlens.datasets import (
-    DatasetError,
-    ImageDataset,
-    _parse_xml,
-    read_csv,
-    read_ilsvrc,
-)
+from camlens.data import DatasetError, ImageDataset, read_csv, read_ilsvrc
+from camlens.data.ilsvrc import _parse_xml
 from camlens.evaluate import Evaluation, evaluate
 from tests.test_evaluate import SQUARES, RedNet
 

@@ -592,7 +592,7 @@ def _write_image(
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from camlens import datasets
+    from camlens import data as datasets
     from camlens.evaluate import evaluate
 
     try:

@@ -283,8 +283,9 @@ def evaluate(
             localisation metrics, or no image that could be read.
     """
     import camlens
-    from camlens import datasets, zoo
-    from camlens.datasets import load_masks
+    from camlens import data as datasets
+    from camlens import zoo
+    from camlens.data import load_masks
 
     _check_arguments(limit, batch_size, workers, steps, examples, topk, threshold, sanity_images, max_pixels)
     wanted = _parse_metrics(metrics)
