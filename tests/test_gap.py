@@ -378,7 +378,12 @@ def test_checkpoint_whose_source_is_a_factory_needs_trust(tmp_path: Path) -> Non
     assert gap.checkpoint_needs_trust(path)
     with pytest.raises(ValueError, match=r"rebuilds its backbone from 'tests\.nets:FcNet'.*trust=True"):
         gap.load_checkpoint(path)
-    loaded = gap.load_checkpoint(path, trust=True)
+    # factories are imported in one place, the zoo: gap alone says where to go
+    with pytest.raises(ValueError, match=r"only camlens\.zoo can build"):
+        gap.load_checkpoint(path, trust=True)
+    from camlens import zoo
+
+    loaded = zoo.load_model(str(path), trust=True).model
     x = torch.randn(2, 3, 8, 8)
     with torch.no_grad():
         assert torch.equal(loaded(x), net(x))

@@ -2,15 +2,13 @@
 
 A checkpoint whose ``source`` is ``torchvision:NAME`` or a built-in model holds only tensors and plain values
 and loads without running code from the file; any other checkpoint needs ``trust=True``. The backbone is
-rebuilt from its source here for torchvision and the built-in models (and, trusted, ``package.module:factory``
-called without arguments); ``camlens.zoo`` passes its own model loader as ``build_source`` so every model spec
-it reads works, and this module never imports ``camlens.zoo``.
+rebuilt from its source here for torchvision and the built-in models; ``camlens.zoo`` passes its own model
+loader as ``build_source`` so every model spec it reads works, and this module never imports ``camlens.zoo``.
 """
 
 from __future__ import annotations
 
 import copy
-import importlib
 import io
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -124,9 +122,10 @@ def checkpoint_needs_trust(checkpoint: str | Path | Mapping[str, Any]) -> bool:
 def _build_source(source: str, trust: bool) -> nn.Module:
     """The original model a checkpoint's ``source`` names, with any weights (the checkpoint's replace them).
 
-    ``torchvision:NAME`` and the built-in models are built here; with ``trust``, so is ``package.module:factory``
-    (imported and called without arguments). Any other source (a model file) is a ``camlens.zoo.load_model``
-    spec: load the checkpoint with ``camlens.zoo.load_model(path, trust=True)``, which passes its own loader.
+    ``torchvision:NAME`` and the built-in models are built here. Any other source (a factory, a model file)
+    is a ``camlens.zoo.load_model`` spec, and zoo is the one place that imports factories and reads model
+    files: load such a checkpoint with ``camlens.zoo.load_model(path, trust=True)``, which passes its own
+    loader as ``build_source``.
     """
     if source.startswith("torchvision:"):
         import torchvision
@@ -137,16 +136,6 @@ def _build_source(source: str, trust: bool) -> nn.Module:
         return torchvision.models.get_model(arch, weights=None)
     if source in BUILTIN_ARCHITECTURES:
         return BUILTIN_ARCHITECTURES[source]()
-    module, sep, attr = source.partition(":")
-    if trust and sep and module and attr and not Path(source).exists():
-        try:
-            factory = getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError) as err:
-            raise ValueError(f"model factory {source!r} of the checkpoint not found ({err})") from err
-        model = factory()
-        if not isinstance(model, nn.Module):
-            raise ValueError(f"{source} returned a {type(model).__name__}, not an nn.Module")
-        return model
     raise ValueError(
         f"the checkpoint's backbone comes from {source!r}, which only camlens.zoo can build; load it with "
         "camlens.zoo.load_model(path, trust=True) (CLI: --model FILE --trust-model-file)"
