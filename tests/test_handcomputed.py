@@ -547,18 +547,17 @@ def test_maps_without_upsampling_by_hand() -> None:
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_constant_maps_become_zeros_never_nan(dtype: torch.dtype) -> None:
-    raw = torch.stack(
-        [
-            torch.full((2, 2), 3.0),  # constant positive
-            torch.zeros(2, 2),  # all zero
-            torch.tensor([[-1.0, -2.0], [-3.0, -4.0]]),  # all negative: ReLU gives a constant 0
-        ]
-    )[None].to(dtype)
-    maps = explanation(raw, (4, 4)).maps
-    assert maps.shape == (1, 3, 4, 4)
-    assert not bool(maps.isnan().any())
-    assert torch.equal(maps, torch.zeros_like(maps))
+@pytest.mark.parametrize("value", [0.0, 3.0, -2.0, 1e-30])
+def test_constant_maps_become_zeros_never_nan(value: float, dtype: torch.dtype) -> None:
+    # a constant 3x3 map (after ReLU: 0, 3, 0 or 1e-30) upsampled to a non-square 7x5 has a range of 0 or
+    # bilinear rounding noise: all zeros, never NaN (torch.equal with zeros: no NaN, the size is 7x5)
+    raw = torch.full((1, 1, 3, 3), value, dtype=dtype)
+    assert torch.equal(explanation(raw, (7, 5)).maps, torch.zeros(1, 1, 7, 5, dtype=dtype))
+    # several maps in one batch are normalised one by one: the non-constant one still spans [0, 1]
+    raw = torch.stack([torch.full((2, 2), value), t([[0, 4], [-8, 8]]).float()])[None].to(dtype)
+    maps = explanation(raw, (2, 2)).maps
+    assert torch.equal(maps[0, 0], torch.zeros(2, 2, dtype=dtype))
+    torch.testing.assert_close(maps[0, 1], t([[0, 0.5], [0, 1]]).to(dtype))
 
 
 def test_normalize_maps_rounding_noise_and_offsets() -> None:
