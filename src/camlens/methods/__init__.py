@@ -4,6 +4,7 @@ from camlens.methods.activation import CAM, EigenCAM
 from camlens.methods.base import CAMMethod, Context
 from camlens.methods.gradient import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
 from camlens.methods.guided import Deconvnet, GuidedBackprop, GuidedGradCAM, Saliency
+from camlens.methods.integrated import IntegratedGradients, SmoothGrad, SmoothGradGuided
 from camlens.methods.perturbation import AblationCAM, ScoreCAM
 
 __all__ = [
@@ -18,8 +19,11 @@ __all__ = [
     "GuidedBackprop",
     "GuidedGradCAM",
     "HiResCAM",
+    "IntegratedGradients",
     "LayerCAM",
     "Saliency",
     "ScoreCAM",
+    "SmoothGrad",
+    "SmoothGradGuided",
     "XGradCAM",
 ]
