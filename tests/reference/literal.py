@@ -211,12 +211,20 @@ def eigencam(model: nn.Module, x: torch.Tensor, module: nn.Module, call: int, id
 # --------------------------------------------------------------------------- gradient methods
 
 
-def gradcam(model, x, module, call, ids, sign=1.0):
-    """Selvaraju et al. 2017, eq. 1-2 (no ReLU): alpha_k = mean_ij G_kij, sum_k alpha_k A_k."""
+def _per_target_maps(model, x, module, call, ids, sign, formula):
+    """out[b, k] = formula(A, G) for every sample b and target k (A, G from :func:`per_target`)."""
     out = None
     for b, k, a, g in per_target(model, x, module, call, ids, sign):
         if out is None:
             out = _empty(x, ids, a.shape)
+        out[b, k] = formula(a, g)
+    return out
+
+
+def gradcam(model, x, module, call, ids, sign=1.0):
+    """Selvaraju et al. 2017, eq. 1-2 (no ReLU): alpha_k = mean_ij G_kij, sum_k alpha_k A_k."""
+
+    def formula(a, g):
         alphas = []
         for ch in range(a.shape[0]):
             total = 0.0
@@ -224,17 +232,16 @@ def gradcam(model, x, module, call, ids, sign=1.0):
                 for j in range(a.shape[2]):
                     total += float(g[ch, i, j])
             alphas.append(total / (a.shape[1] * a.shape[2]))
-        out[b, k] = weighted_sum(alphas, a)
-    return out
+        return weighted_sum(alphas, a)
+
+    return _per_target_maps(model, x, module, call, ids, sign, formula)
 
 
 def gradcampp(model, x, module, call, ids, sign=1.0, eps=0.0):
     """Chattopadhay et al. 2018, eq. 19 with the exponential score; ``eps`` > 0 only to show what a
     stabilising constant in the denominator does (pytorch-grad-cam uses 1e-7, others 1e-6)."""
-    out = None
-    for b, k, a, g in per_target(model, x, module, call, ids, sign):
-        if out is None:
-            out = _empty(x, ids, a.shape)
+
+    def formula(a, g):
         weights = []
         for ch in range(a.shape[0]):
             sum_a = float(a[ch].sum())
@@ -246,16 +253,15 @@ def gradcampp(model, x, module, call, ids, sign=1.0, eps=0.0):
                     alpha = gij**2 / den if den != 0 else 0.0
                     w += alpha * max(gij, 0.0)
             weights.append(w)
-        out[b, k] = weighted_sum(weights, a)
-    return out
+        return weighted_sum(weights, a)
+
+    return _per_target_maps(model, x, module, call, ids, sign, formula)
 
 
 def xgradcam(model, x, module, call, ids, sign=1.0):
     """Fu et al. 2020, eq. 9: alpha_k = sum_ij A_kij G_kij / sum_ab A_kab."""
-    out = None
-    for b, k, a, g in per_target(model, x, module, call, ids, sign):
-        if out is None:
-            out = _empty(x, ids, a.shape)
+
+    def formula(a, g):
         weights = []
         for ch in range(a.shape[0]):
             sum_a = float(a[ch].sum())
@@ -264,34 +270,29 @@ def xgradcam(model, x, module, call, ids, sign=1.0):
                 for j in range(a.shape[2]):
                     num += float(a[ch, i, j]) * float(g[ch, i, j])
             weights.append(num / sum_a if sum_a != 0 else 0.0)
-        out[b, k] = weighted_sum(weights, a)
-    return out
+        return weighted_sum(weights, a)
+
+    return _per_target_maps(model, x, module, call, ids, sign, formula)
 
 
 def hirescam(model, x, module, call, ids, sign=1.0):
     """Draelos & Carin 2020: sum_k G_k (.) A_k."""
-    out = None
-    for b, k, a, g in per_target(model, x, module, call, ids, sign):
-        if out is None:
-            out = _empty(x, ids, a.shape)
-        m = torch.zeros(a.shape[1:], dtype=a.dtype)
-        for ch in range(a.shape[0]):
-            m += g[ch] * a[ch]
-        out[b, k] = m
-    return out
+    return _per_target_maps(model, x, module, call, ids, sign, lambda a, g: weighted_maps(g, a))
 
 
 def layercam(model, x, module, call, ids, sign=1.0):
     """Jiang et al. 2021: sum_k ReLU(G_k) (.) A_k."""
-    out = None
-    for b, k, a, g in per_target(model, x, module, call, ids, sign):
-        if out is None:
-            out = _empty(x, ids, a.shape)
-        m = torch.zeros(a.shape[1:], dtype=a.dtype)
-        for ch in range(a.shape[0]):
-            m += torch.where(g[ch] > 0, g[ch], torch.zeros_like(g[ch])) * a[ch]
-        out[b, k] = m
-    return out
+    return _per_target_maps(
+        model, x, module, call, ids, sign, lambda a, g: weighted_maps(torch.where(g > 0, g, torch.zeros_like(g)), a)
+    )
+
+
+def weighted_maps(g: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """sum_k G_k (.) A_k, channel by channel (element-wise weights)."""
+    m = torch.zeros(a.shape[1:], dtype=a.dtype)
+    for ch in range(a.shape[0]):
+        m += g[ch] * a[ch]
+    return m
 
 
 # --------------------------------------------------------------------------- perturbation methods
