@@ -4,11 +4,13 @@ Parametrised over ``camlens.methods()``, so a newly registered method is covered
 file. What every method must keep:
 
 * shapes: ``raw`` (B, K, h, w) at the layer's resolution (input resolution for pixel methods, which
-  also give ``pixels`` (B, K, C, H, W)), ``maps`` (B, K, H, W), finite, ``maps`` in [0, 1];
+  also give ``pixels`` (B, K, C, H, W)), ``maps`` (B, K, H, W), finite (the values of ``maps``, one
+  property for every method, are worked out by hand in tests/test_handcomputed.py);
 * nothing left behind, after success and after an exception raised anywhere (a callable target, a
-  module of the model): no module / global / tensor hook, no torch-function mode, the caller's grad
-  mode; the model's training flags, ``requires_grad``, ``.grad`` (same object, same values) and
-  ``inplace`` flags; the input's values, version counter, ``requires_grad`` and ``.grad``;
+  module of the model, the model's own forward after the layer ran): no module / global / tensor hook,
+  no torch-function mode, the caller's grad mode; the model's training flags, ``requires_grad``,
+  ``.grad`` (same object, same values) and ``inplace`` flags; the input's values, version counter,
+  ``requires_grad`` and ``.grad``; explaining inside ``torch.no_grad()`` works and restores it;
 * no parameter gradient is ever computed;
 * a batch is explained sample by sample (a batch of 2 == two batches of 1), chunking does not change
   perturbation methods, float64 agrees with float32;
@@ -223,7 +225,6 @@ def test_shapes_values_and_ids(method: str, config: str) -> None:
     assert exp.maps.shape == (2, 3, SIZE, SIZE)
     assert exp.raw.dtype == torch.float32 and exp.maps.dtype == torch.float32
     assert torch.isfinite(exp.raw).all() and torch.isfinite(exp.maps).all()
-    assert float(exp.maps.min()) >= 0.0 and float(exp.maps.max()) <= 1.0
     assert exp.targets is not None and torch.equal(exp.targets, ids)
     torch.testing.assert_close(exp.scores, logits.gather(1, ids), rtol=1e-5, atol=1e-6)
     assert not exp.raw.requires_grad and not exp.maps.requires_grad and not exp.scores.requires_grad
@@ -357,6 +358,61 @@ def test_state_unchanged_after_a_raising_module(method: str, config: str, grad_m
             snapshot.check()
 
 
+class _Boom(nn.Module):
+    """GapNet whose own forward raises on demand after its features (the layer, ``net.features``) ran."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nets.GapNet()
+        self.explode = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feats = self.net.features(x)
+        if self.explode:
+            raise RuntimeError("boom")
+        return self.net.fc(self.net.pool(feats).flatten(1))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_state_unchanged_after_a_raising_forward(method: str) -> None:
+    """A target raising at its first call, then the model's forward raising after the layer's hook fired,
+    on a nested layer name; every parameter has a ``.grad``, the head's weight does not require grad."""
+    model = _Boom()
+    _disturb(model, "net.features.3")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.grad = torch.ones_like(p)
+    model.net.fc.weight.requires_grad_(False)
+    x = nets.inputs(2, SIZE)
+    layer = _layer_arg(method, "net.features")
+    snapshot = _Snapshot(model)
+    spy = _ParamGradSpy(model)
+    with_spy = _Snapshot(model)  # the spy's own tensor hooks counted
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            # CAM refuses a callable target (ValueError) before calling it
+            with pytest.raises((KeyError, ValueError)):
+                camlens.explain(model, x, method=method, layer=layer, targets=_raising_target(1, []))
+            with_spy.check()
+            model.explode = True
+            with pytest.raises(RuntimeError, match="boom"):
+                camlens.explain(model, x, method=method, layer=layer)
+    finally:
+        spy.remove()
+    assert not spy.fired
+    snapshot.check()
+    assert not x.requires_grad and x.grad is None
+
+
+def test_gradient_methods_work_inside_no_grad() -> None:
+    model = nets.GapNet()
+    with torch.no_grad():
+        exp = camlens.explain(model, nets.inputs(2, SIZE), method="gradcam")
+        assert not torch.is_grad_enabled()  # the caller's grad mode is restored
+    assert exp.raw.abs().sum() > 0
+
+
 @pytest.mark.parametrize(
     "method",
     METHODS,
@@ -424,6 +480,7 @@ def _chunked_methods() -> list[str]:
 @pytest.mark.parametrize("method", _chunked_methods())
 def test_chunked_equals_unchunked(method: str, config: str) -> None:
     make, layer, _, _, _ = CONFIGS[config]
+    layer = _layer_arg(method, layer)
     model = make()
     x = nets.inputs(2, SIZE)
     one = camlens.explain(model, x, method=method, layer=layer, targets="top2", batch_size=1)
@@ -460,30 +517,18 @@ def _rss_bytes() -> int:
     raise AssertionError("no VmRSS in /proc/self/status")
 
 
-class _Tiny(nn.Module):
-    """The smallest CAM network: conv -> ReLU -> GAP -> linear."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.features = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
-        self.fc = nn.Linear(4, 3)
-        self.eval()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.features(x).mean((2, 3)))
-
-
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmRSS from /proc/self/status")
-@pytest.mark.parametrize("method", ["gradcam", "cam"])
+@pytest.mark.parametrize("method", ["gradcam", "cam", "guided-backprop"])
 def test_a_thousand_calls_do_not_grow_memory(method: str) -> None:
-    model = _Tiny()
-    x = torch.randn(2, 3, 6, 6, generator=torch.Generator().manual_seed(0))
+    """Both ways in: ``camlens.explain`` (a method object per call) and one method object called again."""
+    model = nets.GapNet()
+    x = nets.inputs(2, SIZE)
     hooks = _hooks(model)
+    reused = camlens.get_method(method)(model)
 
     def call() -> None:
-        exp = camlens.explain(model, x, method=method, targets="top2")
-        assert exp.maps.shape == (2, 2, 6, 6)
+        assert camlens.explain(model, x, method=method, targets="top2").maps.shape == (2, 2, SIZE, SIZE)
+        assert reused(x, "top2").maps.shape == (2, 2, SIZE, SIZE)
 
     for _ in range(150):  # warm-up: allocator pools, lazily created objects
         call()
@@ -495,7 +540,7 @@ def test_a_thousand_calls_do_not_grow_memory(method: str) -> None:
     grown_objects = len(gc.get_objects()) - objects
     grown_blocks = sys.getallocatedblocks() - blocks  # also counts objects the gc does not track
     grown_rss = _rss_bytes() - rss
-    assert grown_objects < 100, f"{grown_objects} more live objects after 1000 calls"
+    assert grown_objects < 50, f"{grown_objects} more live objects after 1000 calls"
     assert grown_blocks < 500, f"{grown_blocks} more allocated memory blocks after 1000 calls"
     assert grown_rss < 4 * 2**20, f"RSS grew by {grown_rss / 2**20:.1f} MiB over 1000 calls"
     assert _hooks(model) == hooks
