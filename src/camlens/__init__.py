@@ -14,6 +14,8 @@ from camlens.capture import LayerRef, find_layer, layer_names
 from camlens.explanation import Explanation, normalize_maps
 from camlens.methods import (
     CAM,
+    LIME,
+    RISE,
     AblationCAM,
     CAMMethod,
     Deconvnet,
@@ -25,6 +27,7 @@ from camlens.methods import (
     HiResCAM,
     IntegratedGradients,
     LayerCAM,
+    Occlusion,
     Saliency,
     ScoreCAM,
     SmoothGrad,
@@ -50,6 +53,9 @@ __all__ = [
     "IntegratedGradients",
     "LayerCAM",
     "LayerRef",
+    "LIME",
+    "Occlusion",
+    "RISE",
     "Saliency",
     "ScoreCAM",
     "SmoothGrad",

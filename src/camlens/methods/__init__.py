@@ -6,6 +6,7 @@ from camlens.methods.gradient import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCA
 from camlens.methods.guided import Deconvnet, GuidedBackprop, GuidedGradCAM, Saliency
 from camlens.methods.integrated import IntegratedGradients, SmoothGrad, SmoothGradGuided
 from camlens.methods.perturbation import AblationCAM, ScoreCAM
+from camlens.methods.perturbation_input import LIME, RISE, Occlusion
 
 __all__ = [
     "CAM",
@@ -21,6 +22,9 @@ __all__ = [
     "HiResCAM",
     "IntegratedGradients",
     "LayerCAM",
+    "LIME",
+    "Occlusion",
+    "RISE",
     "Saliency",
     "ScoreCAM",
     "SmoothGrad",
