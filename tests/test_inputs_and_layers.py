@@ -93,7 +93,12 @@ def test_segmentation_needs_a_callable(x: torch.Tensor) -> None:
     with pytest.raises(ValueError, match="callable"):
         camlens.explain(seg, x, method="gradcam", layer="features")
     exp = camlens.explain(seg, x, method="gradcam", layer="features", targets=lambda out: out[:, 1].sum((1, 2)))
-    assert exp.targets is None and exp.raw.shape == (2, 1, 8, 8)
+    assert exp.targets is None
+    # S = sum_ij (sum_k W_1k A_kij + b_1) through the 1x1 head: dS/dA_kij = W_1k at every pixel, so
+    # alpha_k = W_1k and raw = sum_k W_1k A_k = the head's class-1 output without its bias, (2, 1, 8, 8)
+    with torch.no_grad():
+        expected = seg(x)[:, 1:2] - seg.head.bias[1]
+    torch.testing.assert_close(exp.raw, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_cam_with_a_callable_suggests_gradcam(model: nn.Module, x: torch.Tensor) -> None:
@@ -206,4 +211,6 @@ def test_inference_mode_gives_a_clear_error(model: nn.Module, x: torch.Tensor) -
             camlens.explain(model, x, method="gradcam")
         with pytest.raises(RuntimeError, match="inference_mode"):
             camlens.explain(model, x, method="guided-backprop")
-        assert camlens.explain(model, x, method="cam").raw.shape == (2, 1, 4, 4)  # no gradient needed
+        in_inference = camlens.explain(model, x, method="cam")  # no gradient needed
+    # the same map as outside inference mode
+    torch.testing.assert_close(in_inference.raw, camlens.explain(model, x, method="cam").raw, rtol=0, atol=0)
