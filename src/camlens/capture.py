@@ -7,6 +7,14 @@ forward pass, the one that feeds global pooling. A module that runs several time
 ``"name@i"``: its i-th call, 0-based, negative from the end. Naming such a module without ``@i`` is an
 error rather than a silent choice of one of its calls.
 
+Layouts are normalised here, so every method sees (B, C, h, w). A layer may return a token sequence
+(B, N, C) (vision transformers: N = prefix + h * w, with class / distillation / register tokens in
+front) or a channels-last map (B, h, w, C) (Swin stages, LayerNorm / Linear on NHWC tensors). The grid
+comes from the model, never from a guess (:func:`token_grid`, :func:`read_layout`): the patch grid
+and prefix count it states, and the width of the module that produced a 4-D output. A layout the model
+does not state is an error naming ``reshape=``, a user's callable ``(layer output) -> (B, C, h, w)``
+that only rearranges elements (indexing, reshape, permute).
+
 The capture makes the graph start at the activation: the forward runs without autograd up to the
 target layer; the hook replaces the layer's output by a fresh tensor that requires grad and turns
 autograd on for the rest of the forward. So nothing before the layer keeps an autograd graph, no
@@ -16,9 +24,10 @@ parameter gradient can be computed, and ``torch.autograd.grad`` needs only the t
 from __future__ import annotations
 
 import difflib
+import math
 import re
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,7 +37,22 @@ from torch import nn
 
 from camlens._state import model_lock
 
-__all__ = ["CallRecord", "LayerRef", "count_calls", "find_layer", "layer_names", "resolve_layer", "trace_calls"]
+__all__ = [
+    "CallRecord",
+    "LayerRef",
+    "Layout",
+    "Reshape",
+    "count_calls",
+    "find_layer",
+    "grid_of",
+    "layer_names",
+    "read_layout",
+    "resolve_layer",
+    "token_grid",
+    "trace_calls",
+]
+
+Reshape = Callable[[torch.Tensor], torch.Tensor]
 
 _CALL = re.compile(r"^(?P<name>.*)@(?P<call>-?\d+)$")
 
@@ -188,6 +212,230 @@ def trace_calls(model: nn.Module, inputs: torch.Tensor) -> list[CallRecord]:
     ]
 
 
+# ---------------------------------------------------------------- layouts: a layer's output as a (B, C, h, w) grid
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a layer's output is read as a (B, C, h, w) grid.
+
+    Attributes:
+        kind: ``"grid"`` (already (B, C, h, w)), ``"channels-last"`` ((B, h, w, C)), ``"tokens"``
+            ((B, prefix + h * w, C), row-major patches) or ``"reshape"`` (the user's callable).
+        prefix: tokens before the patches (class, distillation, register tokens), for ``"tokens"``.
+        size: the patch grid (h, w), for ``"tokens"``.
+        reshape: the user's callable, for ``"reshape"``.
+    """
+
+    kind: str = "grid"
+    prefix: int = 0
+    size: tuple[int, int] = (0, 0)
+    reshape: Reshape | None = field(default=None, compare=False, repr=False)
+
+    def to_grid(self, out: torch.Tensor) -> torch.Tensor:
+        """The (B, C, h, w) view of ``out`` (of any batch size): no copy for the built-in layouts."""
+        if self.kind == "grid":
+            return out
+        if self.kind == "channels-last":
+            return out.permute(0, 3, 1, 2)
+        if self.kind == "tokens":
+            return out[:, self.prefix :].unflatten(1, self.size).permute(0, 3, 1, 2)
+        assert self.reshape is not None  # kind == "reshape"
+        grid = self.reshape(out)
+        if not isinstance(grid, torch.Tensor) or grid.dim() != 4 or grid.shape[0] != out.shape[0]:
+            got = tuple(grid.shape) if isinstance(grid, torch.Tensor) else type(grid).__name__
+            raise ValueError(
+                f"reshape= must turn the layer's output {tuple(out.shape)} into (batch, channels, height, width), "
+                f"got {got}"
+            )
+        return grid
+
+    def positions(self, sample: torch.Tensor) -> torch.Tensor:
+        """Where each grid element (C * h * w, row-major) sits in one flattened sample of the layer's output.
+
+        Read off by applying :meth:`to_grid` to the element numbers, so it holds for a user's callable
+        too, which must then only rearrange elements (a ValueError says so otherwise).
+        """
+        numbers = torch.arange(sample.numel(), dtype=torch.float64, device=sample.device).view(sample.shape)
+        found = self.to_grid(numbers).reshape(-1)
+        index = found.round().long()
+        if not torch.equal(index.double(), found) or len(index.unique()) != len(index):
+            raise ValueError(
+                "reshape= must only rearrange the layer's elements (indexing, reshape, permute, transpose): "
+                "camlens maps gradients and ablations back through it element by element"
+            )
+        return index
+
+    def from_grid(self, out: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+        """The layer's own layout holding ``grid`` (n, C, h, w); every other element (prefix tokens) from ``out``.
+
+        ``out`` has n rows or one (then repeated): the tail of the model is replayed on ``grid``.
+        """
+        if self.kind == "grid":
+            return grid
+        n = grid.shape[0]
+        if out.shape[0] not in (1, n):
+            raise ValueError(f"cannot fill {n} grids into a layer output of batch {out.shape[0]}")
+        index = self.positions(out[:1])
+        new = out.expand(n, *out.shape[1:]).reshape(n, -1).clone()
+        new[:, index] = grid.reshape(n, -1).to(new.dtype)
+        return new.view(n, *out.shape[1:])
+
+    def grads_to_grid(self, grads: torch.Tensor) -> torch.Tensor:
+        """(B, K, *layer output) gradients -> (B, K, C, h, w): the same rearrangement, so dS/dA is exact."""
+        if self.kind == "grid":
+            return grads
+        return self.to_grid(grads.flatten(0, 1)).unflatten(0, grads.shape[:2])
+
+
+def token_grid(model: nn.Module, size: tuple[int, int] | torch.Size) -> tuple[int, tuple[int, int]] | None:
+    """(prefix tokens, patch grid (h, w)) the model states for an input of ``size`` (H, W), else ``None``.
+
+    * torchvision ``VisionTransformer``: one class token (``class_token``), ``patch_size`` p: (H // p, W // p);
+    * timm ViT / DeiT / Eva / BEiT (``patch_embed`` + ``num_prefix_tokens``, which counts class,
+      distillation and register tokens): ``patch_embed.dynamic_feat_size`` or ``grid_size``.
+
+    The model is read, then its direct children, so a wrapper (normalisation + ViT) works too. Models
+    that state neither (Swin, ConvNeXt, CNNs) give ``None``.
+    """
+    h, w = int(size[0]), int(size[1])
+    for m in (model, *model._modules.values()):  # the model or a wrapper's child (normalisation + ViT)
+        if m is None:
+            continue
+        # plain dict lookups: nn.Module.__getattr__ on a missing name costs microseconds, on every module
+        attrs = m.__dict__
+        patch = attrs.get("patch_size")
+        if isinstance(patch, int) and isinstance(m._parameters.get("class_token"), torch.Tensor):
+            return 1, (h // patch, w // patch)
+        embed, prefix = m._modules.get("patch_embed"), attrs.get("num_prefix_tokens")
+        if isinstance(embed, nn.Module) and isinstance(prefix, int):
+            feat = getattr(embed, "dynamic_feat_size", None)
+            grid = feat((h, w)) if callable(feat) else getattr(embed, "grid_size", None)
+            if grid is not None:
+                return prefix, (int(grid[0]), int(grid[1]))
+    return None
+
+
+def _width(module: nn.Module) -> tuple[int, bool] | None:
+    """(channels, channels-first?) of a module's output from its type, if the type says so."""
+    if isinstance(module, (nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm, nn.GroupNorm)):
+        return 0, True
+    if isinstance(module, nn.Linear):
+        return module.out_features, False
+    shape = getattr(module, "normalized_shape", None)  # LayerNorm and friends normalise the last dims
+    if isinstance(shape, (tuple, list, torch.Size)) and len(shape) == 1:
+        return int(shape[0]), False
+    return None
+
+
+def _channels_last(name: str, module: nn.Module, shape: tuple[int, ...]) -> bool:
+    """Is the 4-D output ``shape`` of ``module`` (B, h, w, C)? Read from the module that produced it.
+
+    That is the module itself, or else its last registered submodule of a known width: a convolution
+    or batch norm makes channels-first maps; a Linear or a LayerNorm of width C acts on the last
+    dimension, so the output is channels-last if its last dimension is C and its second is not (a
+    LayerNorm2d or a permute back give (B, C, h, w)). Without such a module: channels-first.
+    """
+    for m in (module, *reversed(list(module.modules())[1:])):
+        found = _width(m)
+        if found is None:
+            continue
+        width, first = found
+        if first:
+            return False
+        last, second = shape[3] == width, shape[1] == width
+        if last and second:
+            raise ValueError(
+                f"layer {name} returns {shape}, and its width {width} (from {type(m).__name__}) is both dimension 1 "
+                "and dimension 3: channels-first or channels-last is ambiguous; pass reshape= "
+                "(lambda t: t for (B, C, h, w), lambda t: t.permute(0, 3, 1, 2) for (B, h, w, C))"
+            )
+        return last
+    return False
+
+
+def _token_hint(count: int, size: tuple[int, int]) -> str:
+    """A reshape= for each way ``count`` tokens could hold a square grid of a square input, or a template."""
+    fits = []
+    for prefix in range(9):
+        side = math.isqrt(max(count - prefix, 0))
+        if size[0] == size[1] and side > 0 and side * side == count - prefix:
+            fits.append((f"{prefix} prefix token(s) and a {side}x{side} grid", f"{prefix}:", f"{side}, {side}"))
+    lines = [
+        f"{what}: reshape=lambda t: t[:, {cut}].unflatten(1, ({hw})).permute(0, 3, 1, 2)"
+        for what, cut, hw in (fits[:3] or [("P prefix tokens and an h x w grid", "P:", "h, w")])
+    ]
+    return "; ".join(lines)
+
+
+def read_layout(
+    model: nn.Module,
+    name: str,
+    module: nn.Module,
+    shape: tuple[int, ...],
+    size: tuple[int, int] | torch.Size | None,
+    reshape: Reshape | None = None,
+) -> Layout:
+    """How the output ``shape`` of layer ``name`` (``module``) is read as a grid, for an input of ``size``.
+
+    (B, C, h, w) maps as they are; (B, h, w, C) maps by the width of the module that produced them
+    (:func:`_channels_last`); token sequences (B, N, C) by the grid and prefix the model states
+    (:func:`token_grid`). ``reshape`` (the user's callable) overrides all of it.
+
+    Raises:
+        ValueError: the output cannot be read as a grid (a vector, tokens of a model that states no
+            grid or a different token count, attention's (B, heads, N, d) tensors, an ambiguous
+            width); the message says what to pass.
+    """
+    if reshape is not None:
+        return Layout("reshape", reshape=reshape)
+    stated = None if size is None else token_grid(model, size)
+    count = None if stated is None else stated[0] + stated[1][0] * stated[1][1]
+    if len(shape) == 3:
+        if stated is not None and shape[1] == count:
+            return Layout("tokens", stated[0], stated[1])
+        if stated is not None:
+            raise ValueError(
+                f"layer {name} returns {shape}: {shape[1]} tokens, but the model states {stated[0]} prefix "
+                f"token(s) and a {stated[1][0]}x{stated[1][1]} patch grid ({count} tokens); pick a layer of the "
+                "token sequence or pass reshape= (layer output -> (batch, channels, height, width))"
+            )
+        hint = "" if size is None else _token_hint(shape[1], (int(size[0]), int(size[1])))
+        raise ValueError(
+            f"layer {name} returns a token sequence {shape} (batch, tokens, channels), and the model states no "
+            "patch grid (torchvision ViT's patch_size/class_token, timm's patch_embed/num_prefix_tokens): "
+            "camlens does not guess which tokens are the grid; pass reshape= a callable (layer output) -> "
+            f"(batch, channels, height, width), e.g. for {hint}"
+        )
+    if len(shape) != 4:
+        raise ValueError(
+            f"layer {name} returns shape {shape}; class activation maps need a layer whose output is a grid: "
+            "(batch, channels, height, width), (batch, height, width, channels) or a transformer's tokens "
+            "(batch, tokens, channels): pick one from camlens.layer_names(model) (`camlens layers MODEL` marks "
+            "the automatic one), leave layer=None, or pass reshape= (output -> (batch, channels, height, width))"
+        )
+    if count is not None and count in shape[1:]:
+        raise ValueError(
+            f"layer {name} returns {shape}, a tensor inside attention ({count} tokens on one axis: (batch, heads, "
+            "tokens, dim) or attention weights), not a grid; pick a block's norm or output (leave layer=None for "
+            "the last block's first norm)"
+        )
+    return Layout("channels-last") if _channels_last(name, module, shape) else Layout()
+
+
+def grid_of(
+    model: nn.Module, call: CallRecord, size: tuple[int, int] | torch.Size
+) -> tuple[Layout, tuple[int, ...]] | None:
+    """The layout and (B, C, h, w) grid shape of a traced call's output, or ``None`` if it is not a grid."""
+    if call.shape is None or len(call.shape) not in (3, 4):
+        return None
+    try:
+        layout = read_layout(model, str(call.layer), call.module, call.shape, size)
+    except ValueError:
+        return None
+    return layout, tuple(layout.to_grid(torch.empty(call.shape, device="meta")).shape)
+
+
 def _submodule(model: nn.Module, name: str) -> nn.Module | None:
     try:
         return model.get_submodule(name)
@@ -202,6 +450,13 @@ def count_calls(model: nn.Module, x: torch.Tensor, module: nn.Module) -> int:
 
 def find_layer(model: nn.Module, x: torch.Tensor) -> LayerRef:
     """The last module call with a spatial 4-D output: the features that feed global pooling.
+
+    Vision transformers that state a token grid (:func:`token_grid`) get the first norm of their last
+    block (timm ``blocks.11.norm1``, torchvision ``encoder.layers.encoder_layer_11.ln_1``), where
+    pytorch-grad-cam's docs take it: after it only the class token reaches the head, so later token
+    outputs have zero gradients at every patch. Never a tensor inside attention. Channels-last models
+    (Swin) get their last (B, h, w, C) output, read as a grid; modules that only permute a map (torchvision's
+    ``Permute`` after Swin's final ``norm``) are skipped like pooling.
 
     Among module calls returning the same tensor (``layer4``, ``layer4.1``, ``layer4.1.relu``) the
     outermost returns last, so the most readable name is chosen. Outputs of pooling modules are
@@ -222,10 +477,17 @@ def _find_layer(model: nn.Module, x: torch.Tensor) -> LayerRef:
     if known is not None and _submodule(model, known.name) is known.module:
         return known
     calls = trace_calls(model, x[:1])
+    stated = token_grid(model, x.shape[-2:])
+    if stated is not None:
+        chosen_ref = _last_block_norm(model, calls, stated[0] + stated[1][0] * stated[1][1])
+        _CHOSEN.setdefault(model, {})[key] = chosen_ref
+        return chosen_ref
     # pooling modules are skipped, and so are containers passing a pooling output on (VGG's features)
     pooling: list[bool] = []
     for c in calls:
-        pooling.append("pool" in type(c.module).__name__.lower() or (c.same_as is not None and pooling[c.same_as]))
+        kind = type(c.module).__name__
+        skip = "pool" in kind.lower() or kind == "Permute"
+        pooling.append(skip or (c.same_as is not None and pooling[c.same_as]))
     spatial = [(c, pool) for c, pool in zip(calls, pooling) if c.shape is not None and len(c.shape) == 4]
     # VGG's AdaptiveAvgPool2d((7, 7)) is spatial but only resamples
     chosen = [c for c, pool in spatial if not pool and c.shape is not None and c.shape[2] * c.shape[3] > 1]
@@ -241,16 +503,56 @@ def _find_layer(model: nn.Module, x: torch.Tensor) -> LayerRef:
     return chosen_ref
 
 
-class _Capture:
-    """Forward hook state for one forward pass."""
+def _last_block_norm(model: nn.Module, calls: list[CallRecord], count: int) -> LayerRef:
+    """The first norm call inside the last transformer block: a member of a Sequential / ModuleList
+    returning (B, count, C) tokens with a norm among its children."""
 
-    def __init__(self, ref: LayerRef, grad: bool, replace: Any = None) -> None:
+    def tokens(c: CallRecord) -> bool:
+        return c.shape is not None and len(c.shape) == 3 and c.shape[1] == count
+
+    def is_norm(m: nn.Module) -> bool:
+        return getattr(m, "normalized_shape", None) is not None
+
+    for block in reversed([c for c in calls if tokens(c) and "." in c.name]):
+        parent = _submodule(model, block.name.rpartition(".")[0])
+        if not isinstance(parent, (nn.Sequential, nn.ModuleList)) or not any(map(is_norm, block.module.children())):
+            continue
+        inside = [c for c in calls if block.start < c.start and c.end < block.end and tokens(c) and is_norm(c.module)]
+        if inside:
+            return min(inside, key=lambda c: c.start).layer
+    raise ValueError(
+        f"the model states a token grid ({count} tokens) but no block (a Sequential / ModuleList member with a norm "
+        "returning the tokens) was found; pass layer= (a block's first norm or its output)"
+    )
+
+
+class _Capture:
+    """Forward hook state for one forward pass.
+
+    ``activation`` is the (B, C, h, w) grid the methods read; for the gradient methods ``leaf`` is the
+    tensor in the layer's own layout that the model's tail consumes and ``activation`` a view of it.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        ref: LayerRef,
+        grad: bool,
+        replace: Any = None,
+        size: Any = None,
+        reshape: Reshape | None = None,
+    ) -> None:
+        self.model = model
         self.ref = ref
         self.grad = grad
         self.replace = replace
+        self.size = size
+        self.reshape = reshape
         self.calls = 0
         self.shapes: list[tuple[int, ...]] = []
         self.activation: torch.Tensor | None = None
+        self.leaf: torch.Tensor | None = None
+        self.layout = Layout()
 
     def hook(self, module: nn.Module, args: Any, out: Any) -> Any:
         index = self.calls
@@ -262,35 +564,45 @@ class _Capture:
             return None
         if not isinstance(out, torch.Tensor):
             raise TypeError(f"layer {self.ref} returns {type(out).__name__}, not a tensor; pick a module returning one")
-        if out.dim() != 4:
-            raise ValueError(
-                f"layer {self.ref} returns shape {tuple(out.shape)}; class activation maps need a convolutional "
-                "layer with a (batch, channels, height, width) output: pick one from camlens.layer_names(model) "
-                "or leave layer=None for the last spatial layer"
-            )
+        self.layout = layout = read_layout(self.model, str(self.ref), module, tuple(out.shape), self.size, self.reshape)
         if self.replace is not None:
-            self.activation = out
-            return self.replace(out)
+            self.activation = layout.to_grid(out)
+            return layout.from_grid(out, self.replace(self.activation))
         if self.grad:
-            # The graph starts here: later in-place ops act on the clone, never on the leaf.
+            # The graph starts here: later in-place ops act on the clone, never on the leaf. The model
+            # gets its own layout back; the methods read the grid, a view of the same leaf.
             torch.set_grad_enabled(True)
             leaf = out.detach().requires_grad_(True)
-            self.activation = leaf
+            self.leaf = leaf
+            self.activation = layout.to_grid(leaf)
+            if layout.kind == "reshape":
+                layout.positions(out[:1].detach())  # gradients map back only through a rearrangement
             return leaf.clone()
         # Later in-place ops must not change what was captured.
-        self.activation = out.clone()
+        grid = layout.to_grid(out)
+        self.activation = grid.clone() if layout.kind == "grid" else grid.contiguous().clone()
         return None
 
 
 @contextmanager
-def capture(model: nn.Module, ref: LayerRef, *, grad: bool, replace: Any = None) -> Iterator[_Capture]:
+def capture(
+    model: nn.Module,
+    ref: LayerRef,
+    *,
+    grad: bool,
+    replace: Any = None,
+    size: tuple[int, int] | torch.Size | None = None,
+    reshape: Reshape | None = None,
+) -> Iterator[_Capture]:
     """Capture ``ref``'s output during the forward passes run inside the block; hooks removed on exit.
 
     With ``grad=True`` the block must run the forward under ``torch.no_grad()``: autograd is switched on
-    at the layer and restored on exit. ``replace(out)`` may return a tensor that replaces the output
-    (used to replay the tail of the network on ablated activations).
+    at the layer and restored on exit. ``replace(grid)`` may return (n, C, h, w) grids that replace the
+    output, put back into the layer's layout (used to replay the tail of the network on ablated
+    activations). ``size`` is the input's (H, W), for token grids; ``reshape`` the user's layout callable
+    (see :func:`read_layout`). The layout found is ``state.layout``.
     """
-    state = _Capture(ref, grad, replace)
+    state = _Capture(model, ref, grad, replace, size, reshape)
     with model_lock(model):  # (already held by the method's call: re-entrant, nearly free)
         grad_mode = torch.is_grad_enabled()
         handle = ref.module.register_forward_hook(state.hook)

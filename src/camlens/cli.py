@@ -136,10 +136,13 @@ def _model_args(p: argparse.ArgumentParser, with_model: bool = True) -> None:
         p.add_argument(
             "--model",
             default="efficientnet_lite0",
-            help="efficientnet_lite0 (default), torchvision:NAME, a file, pkg.mod:factory",
+            help="efficientnet_lite0 (default), efficientnet_lite1, efficientnet_lite2, torchvision:NAME, "
+            "timm:NAME (pip install 'camlens[timm]'), a file, pkg.mod:factory",
         )
     p.add_argument("--weights", help="state-dict file for the model (loaded with weights_only=True)")
-    p.add_argument("--random-weights", action="store_true", help="torchvision models: untrained weights, on purpose")
+    p.add_argument(
+        "--random-weights", action="store_true", help="built-in, torchvision and timm models: untrained weights, on purpose"
+    )
     p.add_argument(
         "--trust-model-file",
         action="store_true",
@@ -149,7 +152,8 @@ def _model_args(p: argparse.ArgumentParser, with_model: bool = True) -> None:
         "--model-arg",
         action="append",
         metavar="KEY=VALUE",
-        help="keyword argument of a package.module:factory model (repeatable; Python literals: depth=50)",
+        help="keyword argument of a package.module:factory or timm:NAME model (repeatable; Python literals: "
+        "depth=50, num_classes=10)",
     )
 
 
@@ -788,14 +792,18 @@ def _layers(args: argparse.Namespace) -> int:
     bundle = _bundle(args, args.model)
     x = torch.zeros(1, 3, bundle.size, bundle.size)
     default = camlens.find_layer(bundle.model, x)
-    from camlens.capture import trace_calls
+    from camlens.capture import grid_of, trace_calls
 
+    # every output that reads as a grid, as (C x h x w); tokens and channels-last maps say so
     for c in trace_calls(bundle.model, x):
-        if c.shape is None or len(c.shape) != 4:
+        found = grid_of(bundle.model, c, x.shape[-2:])
+        if found is None or c.shape is None:
             continue
+        layout, grid = found
         name = str(c.layer)
+        how = "" if layout.kind == "grid" else f"  ({layout.kind} {'x'.join(map(str, c.shape[1:]))})"
         mark = "  <- default" if name == str(default) else ""
-        print(f"{name:40s} {'x'.join(map(str, c.shape[1:]))}{mark}")
+        print(f"{name:40s} {'x'.join(map(str, grid[1:]))}{how}{mark}")
     return 0
 
 

@@ -14,6 +14,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from camlens.capture import Reshape
 from camlens.methods.base import CAMMethod, Context
 from camlens.registry import register
 
@@ -70,8 +71,9 @@ class CAM(CAMMethod):
         layer: str | nn.Module | None = None,
         *,
         fc: nn.Module | torch.Tensor | None = None,
+        reshape: Reshape | None = None,
     ) -> None:
-        super().__init__(model, layer)
+        super().__init__(model, layer, reshape=reshape)
         self._fc = fc
         self._head: tuple[str, torch.Tensor, torch.Tensor | None] | None = None
         self.pooling: str | None = None
@@ -148,8 +150,15 @@ class EigenCAM(CAMMethod):
             the paper does not, hence the default ``False``).
     """
 
-    def __init__(self, model: nn.Module, layer: str | nn.Module | None = None, *, center: bool = False) -> None:
-        super().__init__(model, layer)
+    def __init__(
+        self,
+        model: nn.Module,
+        layer: str | nn.Module | None = None,
+        *,
+        center: bool = False,
+        reshape: Reshape | None = None,
+    ) -> None:
+        super().__init__(model, layer, reshape=reshape)
         self.center = center
 
     def raw_maps(self, ctx: Context) -> torch.Tensor:

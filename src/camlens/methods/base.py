@@ -18,14 +18,14 @@ which returns the input-space attributions (B, K, C, H, W) as an :class:`Attribu
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from camlens._state import _ModelState, preserved
-from camlens.capture import LayerRef, capture, check_calls, count_calls, find_layer, resolve_layer
+from camlens.capture import LayerRef, Layout, Reshape, capture, check_calls, count_calls, find_layer, resolve_layer
 from camlens.explanation import Explanation
 from camlens.targets import Targets, resolve_targets
 
@@ -39,12 +39,13 @@ class Context:
     model: nn.Module
     layer: LayerRef
     inputs: torch.Tensor
-    activation: torch.Tensor  # A (B, C, h, w), detached
+    activation: torch.Tensor  # A (B, C, h, w), detached (a transformer's tokens already read as a grid)
     output: Any  # model output, detached
     scores: torch.Tensor  # (B, K), detached
     ids: torch.Tensor | None  # (B, K) class ids, or None for a callable target
     targets: Targets  # as the user gave them (callables are re-applied to perturbed outputs)
     gradients: torch.Tensor | None  # dS/dA (B, K, C, h, w) when the method needs them
+    layout: Layout = field(default_factory=Layout)  # how the layer's output became the grid
 
 
 @dataclass
@@ -138,7 +139,11 @@ class CAMMethod:
     Args:
         model: any ``nn.Module`` returning (B, classes) scores, or anything a callable target reads.
         layer: a module name (``"layer4"``, ``"_swish@1"`` for the 2nd call of a shared module), the
-            module itself, or ``None`` for the last spatial layer (the one feeding global pooling).
+            module itself, or ``None`` for the last spatial layer (the one feeding global pooling; a
+            vision transformer's last block's first norm).
+        reshape: a callable (layer output) -> (B, C, h, w) that only rearranges elements, for layouts
+            the model does not state (a ViT without ``patch_size``); ``None``: (B, C, h, w) maps,
+            channels-last maps and token sequences are read from the model (see :mod:`camlens.capture`).
 
     Subclasses set the class attributes and override :meth:`weights` (or :meth:`raw_maps`); pixel
     methods set ``explains_pixels`` and override :meth:`pixels` instead.
@@ -150,7 +155,9 @@ class CAMMethod:
     takes_layer: ClassVar[bool] = True  # False for pixel methods, which explain the input
     explains_pixels: ClassVar[bool] = False  # True: pixels() gives (B, K, C, H, W) input attributions
 
-    def __init__(self, model: nn.Module, layer: str | nn.Module | LayerRef | None = None) -> None:
+    def __init__(
+        self, model: nn.Module, layer: str | nn.Module | LayerRef | None = None, *, reshape: Reshape | None = None
+    ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if isinstance(model, torch.jit.ScriptModule) and self.takes_layer:
@@ -161,7 +168,10 @@ class CAMMethod:
             )
         if layer is not None and not self.takes_layer:
             raise ValueError(f"{self.name} explains the input pixels and takes no layer; got layer={layer!r}")
+        if reshape is not None and not callable(reshape):
+            raise TypeError(f"reshape must be a callable (layer output) -> (B, C, h, w), got {type(reshape).__name__}")
         self.model = model
+        self.reshape = reshape
         self._layer_spec = layer
         self._layer: LayerRef | None = None if layer is None else resolve_layer(model, layer)
 
@@ -208,23 +218,34 @@ class CAMMethod:
         )
 
     def _forward(self, x: torch.Tensor, ref: LayerRef, targets: Targets) -> Context:
+        size = x.shape[-2:]
         if not self.needs_gradients:
-            with torch.inference_mode(), capture(self.model, ref, grad=False) as cap:
+            with torch.inference_mode(), capture(self.model, ref, grad=False, size=size, reshape=self.reshape) as cap:
                 output = self.model(x)
                 check_calls(cap)
                 scores, ids = resolve_targets(targets, output)
             assert cap.activation is not None  # check_calls guarantees the layer ran
-            return Context(self.model, ref, x, cap.activation, output, scores, ids, targets, None)
-        with capture(self.model, ref, grad=True) as cap:
+            return Context(self.model, ref, x, cap.activation, output, scores, ids, targets, None, cap.layout)
+        with capture(self.model, ref, grad=True, size=size, reshape=self.reshape) as cap:
             torch.set_grad_enabled(False)  # the hook turns autograd on at the layer
             output = self.model(x)
             check_calls(cap)
             torch.set_grad_enabled(True)
             scores, ids = resolve_targets(targets, output)
-            assert cap.activation is not None
-            grads = _batched_gradients(scores, cap.activation)
+            assert cap.activation is not None and cap.leaf is not None
+            # w.r.t. the leaf in the layer's own layout, then the grid's rearrangement: exact dS/dA
+            grads = cap.layout.grads_to_grid(_batched_gradients(scores, cap.leaf))
         return Context(
-            self.model, ref, x, cap.activation.detach(), _detach(output), scores.detach(), ids, targets, grads
+            self.model,
+            ref,
+            x,
+            cap.activation.detach(),
+            _detach(output),
+            scores.detach(),
+            ids,
+            targets,
+            grads,
+            cap.layout,
         )
 
     def weights(self, ctx: Context) -> torch.Tensor:

@@ -16,6 +16,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from camlens.capture import Reshape
 from camlens.methods.base import CAMMethod, Context
 from camlens.registry import register
 
@@ -32,8 +33,15 @@ def _safe_divide(num: torch.Tensor, den: torch.Tensor, scale: torch.Tensor) -> t
 class _Gradient(CAMMethod):
     needs_gradients: ClassVar[bool] = True
 
-    def __init__(self, model: nn.Module, layer: str | nn.Module | None = None, *, counterfactual: bool = False) -> None:
-        super().__init__(model, layer)
+    def __init__(
+        self,
+        model: nn.Module,
+        layer: str | nn.Module | None = None,
+        *,
+        counterfactual: bool = False,
+        reshape: Reshape | None = None,
+    ) -> None:
+        super().__init__(model, layer, reshape=reshape)
         self.counterfactual = counterfactual
 
     def grads(self, ctx: Context) -> torch.Tensor:

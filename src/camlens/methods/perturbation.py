@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from camlens._perturb import perturbed_scores
-from camlens.capture import capture
+from camlens.capture import Reshape, capture
 from camlens.explanation import normalize_maps
 from camlens.methods.base import CAMMethod, Context
 from camlens.registry import register
@@ -57,8 +57,9 @@ class ScoreCAM(CAMMethod):
         batch_size: int = 16,
         channels_last: bool = True,
         progress: bool | None = None,
+        reshape: Reshape | None = None,
     ) -> None:
-        super().__init__(model, layer)
+        super().__init__(model, layer, reshape=reshape)
         if score not in ("logit", "prob"):
             raise ValueError(f"score must be 'logit' or 'prob', got {score!r}")
         self.score, self.channel_softmax, self.baseline = score, channel_softmax, baseline
@@ -127,8 +128,9 @@ class AblationCAM(CAMMethod):
         *,
         batch_size: int = 256,
         progress: bool | None = None,
+        reshape: Reshape | None = None,
     ) -> None:
-        super().__init__(model, layer)
+        super().__init__(model, layer, reshape=reshape)
         self.batch_size, self.progress = batch_size, progress
 
     def weights(self, ctx: Context) -> torch.Tensor:
@@ -151,10 +153,10 @@ class AblationCAM(CAMMethod):
                 outs = []
                 for sample in sel[:, 0].unique_consecutive():
                     own = sel[sel[:, 0] == sample]
-                    with capture(self.model, ctx.layer, grad=False, replace=lambda _, r=own: ablated(r)):
+                    with self._replay(ctx, lambda _, r=own: ablated(r)):
                         outs.append(self.model(x[int(sample) : int(sample) + 1]))
                 return torch.cat(outs)
-            with capture(self.model, ctx.layer, grad=False, replace=lambda out: _zero_channels(out, sel[:, 1])):
+            with self._replay(ctx, lambda grid: _zero_channels(grid, sel[:, 1])):
                 return self.model(x[sel[:, 0]])
 
         ablated_scores = perturbed_scores(
@@ -175,6 +177,12 @@ class AblationCAM(CAMMethod):
         den = torch.where(zero, torch.ones_like(y), y)[:, :, None]
         return torch.where(zero[:, :, None], torch.zeros_like(yk), (y[:, :, None] - yk) / den)
 
+    def _replay(self, ctx: Context, replace: Any) -> Any:
+        """A capture whose hook replaces the layer's grid by ``replace(grid)``, in the layer's own layout."""
+        return capture(
+            self.model, ctx.layer, grad=False, replace=replace, size=ctx.inputs.shape[-2:], reshape=self.reshape
+        )
+
     def _replay_is_exact(self, ctx: Context) -> bool:
         """Does replaying the tail on a (2, C, h, w) copy of sample 0's activation reproduce the output?"""
         if not isinstance(ctx.output, torch.Tensor):
@@ -182,7 +190,7 @@ class AblationCAM(CAMMethod):
         a0 = ctx.activation[:1]
         twice = a0.expand(2, *a0.shape[1:]).clone()
         try:
-            with torch.inference_mode(), capture(self.model, ctx.layer, grad=False, replace=lambda _: twice):
+            with torch.inference_mode(), self._replay(ctx, lambda _: twice):
                 out = self.model(ctx.inputs[:1])
         except RuntimeError:
             return False
