@@ -15,7 +15,8 @@ below 0 is evidence against the target, so it must not become positive as it wou
 methods' view max_c |pixels|. ``maps`` = min-max(ReLU(raw)) as for every method.
 
 All perturbed copies of all samples run through :func:`camlens._perturb.perturbed_scores` (batched forwards
-under ``torch.inference_mode()``, channels-last, a progress bar for 256 rows or more) and are scored by
+under ``torch.inference_mode()``, channels-last, 8 rows per forward by default: on a CPU the time per image
+grows past a few rows (docs/benchmarks.md); a progress bar for 256 rows or more) and are scored by
 :class:`camlens.targets.RowScorer` (softmax probabilities by default, as LIME and RISE score; ``score="logit"``
 for logits). Random draws come from a ``torch.Generator`` seeded with ``seed`` for every sample, so a sample's
 map does not depend on the batch it is in.
@@ -73,7 +74,7 @@ class _InputPerturbation(CAMMethod):
         layer: None = None,
         *,
         score: str = "probability",
-        batch_size: int = 32,
+        batch_size: int = 8,
         progress: bool | None = None,
     ) -> None:
         super().__init__(model, layer)
@@ -134,8 +135,8 @@ class Occlusion(_InputPerturbation):
     default (``score="logit"``: the logit), and a positive map marks evidence *for* the target.
 
     Args:
-        window: (h, w) or one int; clipped to the input's size (64 default: on the 224 x 224 input, a
-            square of about a sixth of the image, the size of the paper's Fig. 7 occluders).
+        window: (h, w) or one int; clipped to the input's size (default 64: a square of about a quarter
+            of a 224 x 224 input's side).
         stride: (sh, sw) or one int, at most the window (otherwise pixels would be left out); default 32.
         baseline: what occluded pixels become: a float, or a tensor broadcastable to the inputs
             (0: the data set's mean colour for ImageNet-normalised inputs, the paper's grey square).
@@ -159,7 +160,7 @@ class Occlusion(_InputPerturbation):
         stride: int | tuple[int, int] = 32,
         baseline: float | torch.Tensor = 0.0,
         score: str = "probability",
-        batch_size: int = 32,
+        batch_size: int = 8,
         progress: bool | None = None,
     ) -> None:
         super().__init__(model, layer, score=score, batch_size=batch_size, progress=progress)
@@ -247,7 +248,7 @@ class RISE(_InputPerturbation):
         p: float = 0.5,
         seed: int = 0,
         score: str = "probability",
-        batch_size: int = 32,
+        batch_size: int = 8,
         progress: bool | None = None,
     ) -> None:
         super().__init__(model, layer, score=score, batch_size=batch_size, progress=progress)
@@ -390,7 +391,7 @@ class LIME(_InputPerturbation):
         alpha: float = 1.0,
         seed: int = 0,
         score: str = "probability",
-        batch_size: int = 32,
+        batch_size: int = 8,
         progress: bool | None = None,
     ) -> None:
         super().__init__(model, layer, score=score, batch_size=batch_size, progress=progress)
