@@ -21,7 +21,7 @@ from torch import nn
 import camlens
 from camlens import zoo
 from camlens._state import model_lock
-from camlens.capture import count_calls, trace_calls
+from camlens.capture import count_calls, grid_of, read_layout, trace_calls
 from tests import nets
 
 METHODS = camlens.methods()
@@ -566,3 +566,58 @@ def test_methods_without_gradients_work_under_inference_mode(method: str) -> Non
         inside = camlens.explain(model, x, method=method, targets="top2")
     torch.testing.assert_close(inside.raw, outside.raw)
     assert inside.maps.shape == (2, 2, 8, 8)
+
+
+# ---------------------------------------------------------------- layouts: CNN maps stay (B, C, h, w)
+
+
+class _SqueezeExcite(nn.Module):
+    """A conv block whose last registered submodule is a Linear of width C (an SE gate): still channels-first."""
+
+    def __init__(self, channels: int = 6) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, channels, 3, padding=1)
+        self.gate = nn.Linear(channels, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x).relu()
+        return y * torch.sigmoid(self.gate(y.mean((2, 3))))[:, :, None, None]
+
+
+class _SENet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.block = _SqueezeExcite()
+        self.fc = nn.Linear(6, 3)
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.block(x).mean((2, 3)))
+
+
+@pytest.mark.parametrize(
+    ("shape", "kind"),
+    [((1, 6, 8, 8), "grid"), ((1, 8, 8, 6), "channels-last"), ((1, 6, 8, 6), "grid")],
+    ids=["width-is-dim-1", "width-is-dim-3", "width-is-dim-1-and-w-equals-6"],
+)
+def test_read_layout_of_a_linear_gated_block(shape: tuple[int, ...], kind: str) -> None:
+    # the width of the module that produced a map (here the SE gate's Linear, 6) says where its channels are
+    model = _SENet()
+    if shape == (1, 6, 8, 6):  # (B, 6, h, 6): both dimensions could hold the 6 channels
+        with pytest.raises(ValueError, match=r"ambiguous; pass reshape="):
+            read_layout(model, "block", model.block, shape, (8, 8))
+        return
+    assert read_layout(model, "block", model.block, shape, (8, 8)).kind == kind
+
+
+def test_cnn_maps_are_read_as_they_are() -> None:
+    model, x = _SENet(), nets.inputs(2, 8)
+    exp = camlens.explain(model, x, layer="block", targets=[[0], [2]])
+    a, g = _activation_and_grads(model, x, model.block, 0, torch.tensor([[0], [2]]))
+    _assert_close(exp.raw, _reference("gradcam", a, g))
+    resnet = torchvision.models.resnet18(weights=None).eval()
+    calls = {str(c.layer): c for c in trace_calls(resnet, nets.inputs(1, 64))}
+    for layer in ("layer4", "layer4.1.bn2", "layer4.1.relu@1", "layer3"):
+        found = grid_of(resnet, calls[layer], (64, 64))
+        assert found is not None and found[0].kind == "grid" and found[1] == calls[layer].shape
