@@ -5,6 +5,13 @@ from camlens.methods.base import CAMMethod, Context
 from camlens.methods.gradient import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
 from camlens.methods.guided import Deconvnet, GuidedBackprop, GuidedGradCAM, Saliency
 from camlens.methods.integrated import IntegratedGradients, SmoothGrad, SmoothGradGuided
+from camlens.methods.lrp import (
+    LRP,
+    LRPEpsilonAlpha2Beta1,
+    LRPEpsilonGammaBox,
+    LRPEpsilonPlus,
+    LRPEpsilonPlusFlat,
+)
 from camlens.methods.perturbation import AblationCAM, ScoreCAM
 from camlens.methods.perturbation_input import LIME, RISE, Occlusion
 
@@ -22,6 +29,11 @@ __all__ = [
     "HiResCAM",
     "IntegratedGradients",
     "LayerCAM",
+    "LRP",
+    "LRPEpsilonAlpha2Beta1",
+    "LRPEpsilonGammaBox",
+    "LRPEpsilonPlus",
+    "LRPEpsilonPlusFlat",
     "LIME",
     "Occlusion",
     "RISE",
