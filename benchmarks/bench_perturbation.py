@@ -1,0 +1,266 @@
+"""LIME, occlusion and RISE: camlens against captum, the lime package and RISE's own code, at equal samples.
+
+    python benchmarks/bench_perturbation.py                 # 3 rounds (about 10 min on one busy core)
+    python benchmarks/bench_perturbation.py --rounds 5 --lime-samples 500 --rise-masks 1000
+
+What is measured:
+
+* Model and image: ``camlens.zoo.efficientnet_lite0()`` (eval mode) on ``skimage.data.chelsea()``,
+  preprocessed to 224x224; target: the top-1 class; ``torch.set_num_threads(1)``.
+* Floor: one forward pass of the image under ``torch.inference_mode()`` (median of 3, next to each case).
+* Equal work: every tool runs the same number of perturbed forwards on the same settings:
+  occlusion with a 32 x 32 window, stride 16 (169 windows, baseline 0); LIME with the same quickshift
+  segments (LIME's default, computed once and given to every tool: the segmentation is timed alone),
+  ``--lime-samples`` samples, mean-colour baseline, LIME's kernel and Ridge(alpha=1); RISE with
+  ``--rise-masks`` masks of 7 x 7 cells, p = 0.5. Peers run at their default batch (captum's
+  ``perturbations_per_eval=1``, lime's ``batch_size=10``) and at camlens' batch (``--batch``).
+* RISE's peer is the authors' code (``explanations.py``: masks by ``skimage.transform.resize`` in a loop,
+  ``torch.mul(masks, x)``, forwards of ``gpu_batch`` rows, a matmul), with its mask generation *not* timed
+  (they generate once and load ``masks.npy``); captum has no RISE.
+* Rounds: every case once per round, in a freshly shuffled order; per case the median seconds, the
+  median of the paired ratio to the floor of the same moment, and for each peer row the median over
+  rounds of (peer time / camlens time of the same round) with its IQR.
+
+Writes benchmarks/results/perturbation.json and prints the Markdown table of docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import random
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bench_core import machine
+from bench_metrics import RESULTS, _quartiles, _timed
+
+
+def _rise_reference(model: Any, x: torch.Tensor, n: int, s: int, p1: float, batch: int) -> Callable[[], torch.Tensor]:
+    """The authors' RISE (eclique/RISE, explanations.py), masks generated here and not timed."""
+    from skimage.transform import resize
+
+    size = x.shape[-2:]
+    rng = np.random.default_rng(0)
+    cell = np.ceil(np.array(size) / s)
+    up = ((s + 1) * cell).astype(int)
+    grid = (rng.random((n, s, s)) < p1).astype("float32")
+    masks = np.empty((n, *size))
+    for i in range(n):
+        dx, dy = rng.integers(0, cell[0]), rng.integers(0, cell[1])
+        masks[i] = resize(grid[i], up, order=1, mode="reflect", anti_aliasing=False)[
+            dx : dx + size[0], dy : dy + size[1]
+        ]
+    masks_t = torch.from_numpy(masks.reshape(n, 1, *size)).float()
+
+    def explain() -> torch.Tensor:
+        with torch.no_grad():
+            stack = torch.mul(masks_t, x.data)
+            p = torch.cat([model(stack[i : min(i + batch, n)]).softmax(1) for i in range(0, n, batch)])
+            sal = torch.matmul(p.data.transpose(0, 1), masks_t.view(n, -1))
+            return sal.view(-1, *size) / n / p1
+
+    return explain
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3, help="timed rounds per case (default 3)")
+    parser.add_argument("--lime-samples", type=int, default=200, help="LIME samples (default 200; LIME's is 1000)")
+    parser.add_argument("--rise-masks", type=int, default=400, help="RISE masks (default 400; the paper's is 4000)")
+    parser.add_argument("--batch", type=int, default=8, help="rows per forward for camlens and the peers' 2nd row")
+    parser.add_argument("--out", default=str(RESULTS / "perturbation.json"), help="JSON file to write")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+
+    import camlens
+    from camlens import zoo
+
+    try:
+        from captum._utils.models.linear_model import SkLearnRidge
+        from captum.attr import Lime, Occlusion
+        from lime import lime_image
+        from skimage import data
+    except ImportError as err:
+        sys.exit(f"bench_perturbation.py needs the bench extra (captum, lime, scikit-image): {err}")
+    from camlens.methods.perturbation_input import _lime_kernel
+
+    model = zoo.efficientnet_lite0()
+    x = zoo.preprocess(data.chelsea())
+    with torch.inference_mode():
+        target = int(model(x).argmax())
+    batch = args.batch
+
+    def forward() -> None:
+        with torch.inference_mode():
+            model(x)
+
+    def probs(t: torch.Tensor) -> torch.Tensor:
+        return model(t).softmax(1)
+
+    # LIME: one segmentation (LIME's quickshift on the input rescaled to [0, 1] per channel) for every tool
+    lime_method = camlens.LIME(model)
+    segments = lime_method.segments(x)  # (1, H, W), labels 0 .. d - 1
+    d = int(segments.max()) + 1
+    means = torch.stack([x[0][:, segments[0] == j].mean(1) for j in range(d)])  # (d, C)
+    hidden = means[segments[0]].permute(2, 0, 1)[None]
+    image = x[0].permute(1, 2, 0).numpy().astype(np.float64)
+    n_lime = args.lime_samples
+
+    def classifier(images: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return probs(torch.from_numpy(images).permute(0, 3, 1, 2).float()).numpy()
+
+    def lime_package(batch_size: int) -> Callable[[], Any]:
+        explainer = lime_image.LimeImageExplainer(random_state=0)
+        return lambda: explainer.explain_instance(
+            image,
+            classifier,
+            labels=(target,),
+            top_labels=None,
+            num_samples=n_lime,
+            batch_size=batch_size,
+            segmentation_fn=lambda _: segments[0].numpy(),
+            random_seed=0,
+        )
+
+    def captum_lime(per_eval: int) -> Callable[[], Any]:
+        lime = Lime(
+            probs,
+            interpretable_model=SkLearnRidge(alpha=1.0),
+            similarity_func=lambda _o, _p, z, **_: float(_lime_kernel(z.bool(), 0.25)[0]),
+        )
+        return lambda: lime.attribute(
+            x,
+            target=target,
+            feature_mask=segments[None],
+            baselines=hidden,
+            n_samples=n_lime,
+            perturbations_per_eval=per_eval,
+        )
+
+    def captum_occlusion(per_eval: int) -> Callable[[], Any]:
+        occlusion = Occlusion(probs)
+        return lambda: occlusion.attribute(
+            x, sliding_window_shapes=(3, 32, 32), strides=(3, 16, 16), baselines=0.0, target=target,
+            perturbations_per_eval=per_eval,
+        )  # fmt: skip
+
+    n_rise = args.rise_masks
+    # name -> (callable, forwards, the camlens case it is compared with or None)
+    cases: dict[str, tuple[Callable[[], Any], int, str | None]] = {
+        "camlens occlusion": (
+            lambda: camlens.explain(model, x, "occlusion", targets=target, window=32, stride=16, batch_size=batch),
+            169,
+            None,
+        ),
+        "captum Occlusion, perturbations_per_eval=1": (captum_occlusion(1), 169, "camlens occlusion"),
+        f"captum Occlusion, perturbations_per_eval={batch}": (captum_occlusion(batch), 169, "camlens occlusion"),
+        "camlens lime (segments given)": (
+            lambda: camlens.explain(
+                model, x, "lime", targets=target, segmentation=segments, n_samples=n_lime, batch_size=batch
+            ),
+            n_lime,
+            None,
+        ),
+        "captum Lime, perturbations_per_eval=1": (captum_lime(1), n_lime, "camlens lime (segments given)"),
+        f"captum Lime, perturbations_per_eval={batch}": (captum_lime(batch), n_lime, "camlens lime (segments given)"),
+        "lime LimeImageExplainer, batch_size=10": (lime_package(10), n_lime, "camlens lime (segments given)"),
+        f"lime LimeImageExplainer, batch_size={batch}": (lime_package(batch), n_lime, "camlens lime (segments given)"),
+        "quickshift segmentation alone (LIME's default)": (lambda: lime_method.segments(x), 0, None),
+        "camlens rise": (
+            lambda: camlens.explain(model, x, "rise", targets=target, n_masks=n_rise, batch_size=batch),
+            n_rise,
+            None,
+        ),
+        f"RISE authors' code, gpu_batch={batch} (masks not timed)": (
+            _rise_reference(model, x, n_rise, 7, 0.5, batch),
+            n_rise,
+            "camlens rise",
+        ),
+    }
+    for fn, _, _ in cases.values():  # warm-up: imports, allocator, first calls
+        fn()
+    for _ in range(3):
+        forward()
+
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    ratios: dict[str, list[float]] = {name: [] for name in cases}
+    floors: list[float] = []
+    load_start = " ".join(f"{v:.1f}" for v in os.getloadavg())
+    t0 = time.perf_counter()
+    for r in range(args.rounds):
+        order = list(cases)
+        random.Random(r).shuffle(order)
+        for name in order:
+            floor = statistics.median(_timed(forward) for _ in range(3))
+            elapsed = _timed(cases[name][0])
+            floors.append(floor)
+            times[name].append(elapsed)
+            ratios[name].append(elapsed / floor)
+        print(f"round {r + 1}/{args.rounds} done ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+
+    rows = []
+    for name, (_, forwards, versus) in cases.items():
+        q1, q3 = _quartiles(ratios[name])
+        row: dict[str, Any] = {
+            "case": name,
+            "forwards": forwards,
+            "seconds_median": statistics.median(times[name]),
+            "ratio_to_forward_median": statistics.median(ratios[name]),
+            "ratio_iqr": [q1, q3],
+        }
+        if versus is not None:
+            paired = [peer / ours for peer, ours in zip(times[name], times[versus])]
+            row["slower_than_camlens_median"] = statistics.median(paired)
+            row["slower_than_camlens_iqr"] = list(_quartiles(paired))
+        rows.append(row)
+    results = {
+        "command": "python benchmarks/bench_perturbation.py" + "".join(" " + a for a in sys.argv[1:]),
+        "date": dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
+        "machine": {
+            **machine(),
+            "load_start": load_start,
+            "load_end": " ".join(f"{v:.1f}" for v in os.getloadavg()),
+        },
+        "threads": torch.get_num_threads(),
+        "model": "efficientnet_lite0, 1x3x224x224 (skimage.data.chelsea)",
+        "target": target,
+        "segments": d,
+        "rounds": args.rounds,
+        "batch": batch,
+        "forward_seconds_median": statistics.median(floors),
+        "cases": rows,
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1) + "\n")
+
+    print(f"\none forward pass (1 image, 1 thread): {1000 * results['forward_seconds_median']:.1f} ms (median)")
+    print(f"LIME segments: {d}; rounds: {args.rounds}\n")
+    print("| case | forwards | median s | x forward (IQR) | peer time / camlens time (IQR) |")
+    print("|---|---:|---:|---|---|")
+    for row in rows:
+        q1, q3 = row["ratio_iqr"]
+        versus = ""
+        if "slower_than_camlens_median" in row:
+            p1, p3 = row["slower_than_camlens_iqr"]
+            versus = f"{row['slower_than_camlens_median']:.2f} ({p1:.2f}-{p3:.2f})"
+        print(
+            f"| {row['case']} | {row['forwards']} | {row['seconds_median']:.2f} | "
+            f"{row['ratio_to_forward_median']:.0f} ({q1:.0f}-{q3:.0f}) | {versus} |"
+        )
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()
