@@ -44,8 +44,9 @@ class Explanation:
         layer: the layer explained, as ``layer=`` accepts it.
         input_size: (H, W) of the model input.
         pixels: (B, K, C, H, W) signed input-space attributions of the pixel methods (saliency, guided
-            backprop, deconvnet, guided Grad-CAM), ``None`` for class activation maps. Their ``raw`` is
-            the displayable view max_c |pixels|.
+            backprop, deconvnet, guided Grad-CAM, ...), ``None`` for class activation maps. Their ``raw`` is
+            the displayable view: max_c |pixels| for gradient-like methods, the signed per-pixel map for
+            methods with one value per pixel (LIME, occlusion, RISE).
     """
 
     raw: torch.Tensor

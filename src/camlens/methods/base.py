@@ -57,6 +57,9 @@ class Attribution:
     ids: torch.Tensor | None  # (B, K) class ids, or None for a callable target
     output: Any  # model output
     layer: str = "input"  # the layer that also shaped them (guided Grad-CAM's Grad-CAM layer)
+    # (B, K, H, W) the displayable view; None: max_c |pixels|. Methods whose map is one signed value per
+    # pixel (LIME, occlusion, RISE) give it signed, so evidence against a class is not read as for it
+    raw: torch.Tensor | None = None
 
 
 def _check_inputs(model: nn.Module, inputs: Any) -> torch.Tensor:
@@ -198,7 +201,7 @@ class CAMMethod:
             if self.explains_pixels:
                 found = self.pixels(x, targets)
                 pixels = found.pixels.detach()
-                raw = pixels.abs().amax(2)
+                raw = pixels.abs().amax(2) if found.raw is None else found.raw.detach().clone()
                 scores, ids, output, layer = found.scores, found.ids, found.output, found.layer
             else:
                 ref = self.layer_for(x)

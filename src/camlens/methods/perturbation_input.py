@@ -33,7 +33,6 @@ import torch
 from torch import nn
 
 from camlens._perturb import perturbed_scores
-from camlens.explanation import Explanation
 from camlens.methods.base import Attribution, CAMMethod
 from camlens.registry import register
 from camlens.targets import RowScorer, Targets, _check_score_kind, resolve_targets
@@ -82,12 +81,6 @@ class _InputPerturbation(CAMMethod):
         self.batch_size = _positive_int("batch_size", batch_size)
         self.progress = progress
 
-    def __call__(self, inputs: torch.Tensor, targets: Targets = None) -> Explanation:
-        exp = super().__call__(inputs, targets)
-        assert exp.pixels is not None
-        exp.raw = exp.pixels[:, :, 0].clone()  # the signed map (equal in every channel), not max_c |pixels|
-        return exp
-
     def pixels(self, x: torch.Tensor, targets: Targets) -> Attribution:
         with torch.inference_mode():
             output = self.model(x)
@@ -99,7 +92,8 @@ class _InputPerturbation(CAMMethod):
             scorer = RowScorer(targets, self.score, k=int(scores.shape[1]))
         maps = self.maps(x, output, scorer)  # (B, K, H, W)
         pixels = maps.to(x.dtype)[:, :, None].expand(-1, -1, x.shape[1], -1, -1).clone()
-        return Attribution(pixels, scores, ids, output)
+        # the signed map (equal in every channel) is the view, not max_c |pixels|
+        return Attribution(pixels, scores, ids, output, raw=maps.to(x.dtype))
 
     def maps(self, x: torch.Tensor, output: Any, scorer: RowScorer) -> torch.Tensor:
         """The signed per-pixel maps (B, K, H, W) of the batch ``x`` whose unperturbed output is ``output``."""
