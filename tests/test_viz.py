@@ -84,6 +84,10 @@ def test_example_picture_by_hand() -> None:
     assert px[1, 1].tolist() == [0, 0, 0]  # the label's dark band
     # a 512 x 256 photo comes back 256 wide, its aspect ratio kept
     assert viz.example_picture(Image.new("RGB", (512, 256)), np.zeros((256, 512)), [], None, "x").size == (256, 128)
+    # a 48 x 48 digit is resized to 256 px before drawing: its box [8, 8, 24, 24) lands at [43, 43, 128, 128)
+    small = viz.example_picture(Image.new("RGB", (48, 48)), np.zeros((48, 48)), [[8, 8, 24, 24]], None, "x")
+    px = np.asarray(small)
+    assert small.size == (256, 256) and px[80, 43].tolist() == [255, 51, 51] and px[80, 40].tolist() == [0, 0, 64]
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -58,6 +58,7 @@ COLUMNS: dict[str, tuple[str, bool | None]] = {
     "topk_loc_err": ("top-K loc err %", True),
     "gt_known_loc_acc": ("GT-known loc %", False),
     "maxboxacc": ("MaxBoxAcc %", False),
+    "maxboxacc_best_threshold": ("MaxBoxAcc best tau", None),
     "maxboxacc_v2": ("MaxBoxAccV2 %", False),
     "pxap": ("PxAP %", False),
     "pointing_acc": ("pointing %", False),
@@ -77,7 +78,7 @@ COLUMNS: dict[str, tuple[str, bool | None]] = {
 
 # columns whose box is the CAM paper's (threshold x max) / Choe et al.'s min-max sweep
 _AT_MAX = frozenset({"top1_loc_err", "topk_loc_err", "gt_known_loc_acc"})
-_MIN_MAX = frozenset({"maxboxacc", "maxboxacc_v2", "pxap"})
+_MIN_MAX = frozenset({"maxboxacc", "maxboxacc_best_threshold", "maxboxacc_v2", "pxap"})
 
 
 @dataclass

@@ -283,8 +283,18 @@ def example_picture(
     Returns:
         an RGB PIL image of ``width`` x round(width x H / W) pixels.
     """
+    import torch
+
+    from camlens.geometry import resize
+
+    # resize first, draw after: lines and the caption keep their size on small images (48 px digits)
+    scale = width / photo.width
+    size = (width, max(1, round(photo.height * scale)))
+    if size != photo.size:
+        photo = photo.resize(size)
+        cam = resize(torch.as_tensor(np.asarray(cam, dtype=np.float32)), (size[1], size[0])).numpy()
     picture = overlay(photo, cam)
     for gt in np.asarray(gt_boxes).reshape(-1, 4):
-        picture = draw_box(picture, [int(np.rint(v)) for v in gt], None, color="#ff3333", copy=False)
-    picture = draw_box(picture, box, label, color="#00ff66", copy=False)
-    return picture.resize((width, max(1, round(width * picture.height / picture.width))))
+        picture = draw_box(picture, [int(np.rint(v * scale)) for v in gt], None, color="#ff3333", copy=False)
+    shown = None if box is None else [int(np.rint(v * scale)) for v in box]
+    return draw_box(picture, shown, label, color="#00ff66", copy=False)
