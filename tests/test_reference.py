@@ -10,23 +10,35 @@ Four seeded networks from tests/nets.py, in float64, batch 2, targets "top2":
 ``Explanation.raw`` (signed, before the ReLU) must match the reference to a relative 1e-10 of the map's
 largest magnitude, element by element; pixel methods also compare ``Explanation.pixels``. The class ids
 and their scores must be the reference's (sorted Python floats, one forward pass per sample).
+
+Methods that draw at random are compared on their own draws, taken from their public functions and handed
+to the reference (which imports nothing from camlens): SmoothGrad's noise (``smoothgrad_noise``), RISE's
+grids and shifts (``RISE.draw``; the reference upsamples and crops them itself), LIME's binary samples
+(``LIME.sample_matrix``; the superpixels are a label tensor). Each variant's options are small (a few
+steps, samples, masks) so the tier stays fast. One variant needs a looser tolerance, said where it is listed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 import torch
 from torch import nn
 
 import camlens
+from camlens.methods.integrated import smoothgrad_noise
+from camlens.methods.lrp import Epsilon, WSquare
+from camlens.methods.perturbation_input import LIME, RISE
 from tests import nets
 from tests.reference import literal as ref
 
 RTOL = 1e-10
+
+# tiny nets: intra-op threads only add synchronisation (10-100x slower on a loaded machine)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @dataclass(frozen=True)
@@ -74,6 +86,19 @@ def assert_maps_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float 
 # reference(model, x, module, call, ids, case) -> the expected raw map (or pixels)
 Reference = Callable[[nn.Module, torch.Tensor, nn.Module, int, torch.Tensor, Case], torch.Tensor]
 
+
+class Variant(NamedTuple):
+    """One method call and its reference. ``view``: "layer" (``raw`` is the reference's layer map), "pixels"
+    (``pixels`` is the reference's (B, K, C, H, W) and ``raw`` its max over channels of |.|) or "signed" (the
+    reference is one signed map per pixel (B, K, H, W): ``raw`` itself, ``pixels`` it in every channel)."""
+
+    method: str
+    options: dict[str, Any]
+    reference: Reference
+    view: str = "layer"
+    rtol: float = RTOL
+
+
 # the layer methods whose reference takes the sign of the score (counterfactual: -1)
 GRADIENT = {
     "gradcam": ref.gradcam,
@@ -95,60 +120,233 @@ def _pixels(rule: str | None, sign: float) -> Reference:
     return lambda m, x, mod, call, ids, case: ref.input_gradients(m, x, ids, rule, sign)
 
 
-VARIANTS: list[tuple[str, dict[str, Any], Reference, bool]] = [
-    # (method, options, reference, pixel method?)
-    (
+# --------------------------------------------------------------------------- pixel methods integrating or perturbing
+
+
+def _ig(**options: Any) -> Reference:
+    """IG's reference with the method's options; the baseline image built by the reference."""
+    rule, steps, base = options.get("rule", "gausslegendre"), options.get("steps", 50), options.get("baseline", "zero")
+
+    def reference(m: nn.Module, x: torch.Tensor, mod: nn.Module, call: int, ids: torch.Tensor, case: Case):
+        start = ref.blur(x) if base == "blur" else torch.full_like(x, 0.0 if base == "zero" else float(base))
+        return ref.integrated_gradients(m, x, ids, start, rule, steps)
+
+    return reference
+
+
+def _smoothgrad(rule: str | None, **options: Any) -> Reference:
+    """SmoothGrad's reference on the method's own noise (drawn by the public ``smoothgrad_noise``)."""
+
+    def reference(m: nn.Module, x: torch.Tensor, mod: nn.Module, call: int, ids: torch.Tensor, case: Case):
+        noise = smoothgrad_noise(x, options["samples"], options.get("noise", 0.15), options.get("seed", 0))
+        return ref.smoothgrad(m, x, ids, noise, rule, options.get("squared", False))
+
+    return reference
+
+
+def _occlusion(**options: Any) -> Reference:
+    def pair(v: Any) -> tuple[int, int]:
+        return (v, v) if isinstance(v, int) else tuple(v)
+
+    return lambda m, x, mod, call, ids, case: ref.occlusion(
+        m, x, ids, pair(options["window"]), pair(options["stride"]), options.get("baseline", 0.0),
+        options.get("score", "probability"),
+    )  # fmt: skip
+
+
+def _rise(**options: Any) -> Reference:
+    """RISE's reference on the method's grids and shifts (its public ``draw``), masks built by scikit-image."""
+
+    def reference(m: nn.Module, x: torch.Tensor, mod: nn.Module, call: int, ids: torch.Tensor, case: Case):
+        size = (x.shape[-2], x.shape[-1])
+        grids, shifts = RISE(m, **options).draw(size)
+        masks = ref.rise_masks(grids, shifts, size)
+        return ref.rise(m, x, ids, masks, options.get("p", 0.5), options.get("score", "probability"))
+
+    return reference
+
+
+# LIME's superpixels for the tier: six blocks of an 8 x 8 image, labels neither 0-based nor contiguous
+LIME_LABELS = torch.tensor([[7 * (u // 4) + 3 * min(v // 3, 2) + 1 for v in range(8)] for u in range(8)])
+
+
+def _lime(**options: Any) -> Reference:
+    """LIME's reference on the method's binary samples (its public ``sample_matrix``, seeded as it seeds)."""
+
+    def reference(m: nn.Module, x: torch.Tensor, mod: nn.Module, call: int, ids: torch.Tensor, case: Case):
+        labels = options["segmentation"]
+        d = len(set(labels.flatten().tolist()))
+        seed = options.get("seed", 0)
+        z = LIME(m, **options).sample_matrix(d, torch.Generator().manual_seed(seed))
+        return ref.lime(
+            m, x, ids, labels, z, options.get("baseline", "mean"), options.get("kernel_width", 0.25),
+            options.get("alpha", 1.0), options.get("score", "probability"),
+        )  # fmt: skip
+
+    return reference
+
+
+def _lrp(composite: str, **options: Any) -> Reference:
+    """LRP's reference: the composite's rules (with the method's options), rules given as objects translated."""
+
+    def literal(rule: Any) -> tuple[Any, ...]:
+        if isinstance(rule, Epsilon):
+            return ("epsilon", rule.epsilon)
+        if isinstance(rule, WSquare):
+            return ("w-square", rule.stabilizer)
+        raise TypeError(rule)
+
+    rules = ref.lrp_composite(composite, **{k: v for k, v in options.items() if k not in ("first", "conv", "linear")})
+    rules.update({k: literal(v) for k, v in options.items() if k in ("first", "conv", "linear")})
+    return lambda m, x, mod, call, ids, case: ref.lrp(m, x, ids, rules, options.get("stabilizer", 1e-6))
+
+
+NEW_VARIANTS = [
+    Variant("integrated-gradients", {"steps": 8}, _ig(steps=8), "pixels"),
+    Variant(
+        "integrated-gradients",
+        {"steps": 5, "rule": "riemann_trapezoid", "baseline": 0.5},
+        _ig(steps=5, rule="riemann_trapezoid", baseline=0.5),
+        "pixels",
+    ),
+    Variant(
+        "integrated-gradients",
+        {"steps": 4, "rule": "riemann_right", "baseline": "blur"},
+        _ig(steps=4, rule="riemann_right", baseline="blur"),
+        "pixels",
+    ),
+    Variant("smoothgrad", {"samples": 4}, _smoothgrad(None, samples=4), "pixels"),
+    Variant(
+        "smoothgrad",
+        {"samples": 3, "noise": 0.3, "squared": True, "seed": 7},
+        _smoothgrad(None, samples=3, noise=0.3, squared=True, seed=7),
+        "pixels",
+    ),
+    Variant("smoothgrad-guided", {"samples": 4}, _smoothgrad("guided", samples=4), "pixels"),
+    Variant("occlusion", {"window": 3, "stride": 2}, _occlusion(window=3, stride=2), "signed"),
+    Variant(
+        "occlusion",
+        {
+            "window": (4, 3),
+            "stride": (3, 2),
+            "baseline": torch.tensor([0.5, -0.25, 1.0]).view(3, 1, 1),
+            "score": "logit",
+        },
+        _occlusion(window=(4, 3), stride=(3, 2), baseline=torch.tensor([0.5, -0.25, 1.0]).view(3, 1, 1), score="logit"),
+        "signed",
+    ),
+    Variant("rise", {"n_masks": 12, "cells": 3, "seed": 1}, _rise(n_masks=12, cells=3, seed=1), "signed"),
+    Variant(
+        "rise",
+        {"n_masks": 10, "cells": 2, "p": 0.3, "seed": 2, "score": "logit"},
+        _rise(n_masks=10, cells=2, p=0.3, seed=2, score="logit"),
+        "signed",
+    ),
+    Variant(
+        "lime", {"segmentation": LIME_LABELS, "n_samples": 24}, _lime(segmentation=LIME_LABELS, n_samples=24), "signed"
+    ),
+    Variant(
+        "lime",
+        {
+            "segmentation": LIME_LABELS,
+            "n_samples": 20,
+            "baseline": 0.25,
+            "kernel_width": 0.5,
+            "alpha": 0.1,
+            "seed": 3,
+            "score": "logit",
+        },
+        _lime(
+            segmentation=LIME_LABELS, n_samples=20, baseline=0.25, kernel_width=0.5, alpha=0.1, seed=3, score="logit"
+        ),
+        "signed",
+    ),
+    Variant(
+        "lime",
+        {"segmentation": LIME_LABELS, "n_samples": 16, "baseline": "zero"},
+        _lime(segmentation=LIME_LABELS, n_samples=16, baseline="zero"),
+        "signed",
+    ),
+    # layer-wise relevance propagation: zennit's four composites and rule objects
+    Variant("lrp", {}, _lrp("epsilon-plus-flat"), "pixels"),
+    Variant(
+        "lrp",
+        {"composite": "epsilon-gamma-box", "first": WSquare(), "linear": Epsilon(0.25)},
+        _lrp("epsilon-gamma-box", first=WSquare(), linear=Epsilon(0.25)),
+        "pixels",
+    ),
+    Variant("lrp-epsilon-plus", {}, _lrp("epsilon-plus"), "pixels"),
+    Variant("lrp-epsilon-plus-flat", {"epsilon": 0.1}, _lrp("epsilon-plus-flat", epsilon=0.1), "pixels"),
+    Variant(
+        "lrp-epsilon-gamma-box", {"low": -3.0, "high": 3.0}, _lrp("epsilon-gamma-box", low=-3.0, high=3.0), "pixels"
+    ),
+    Variant(
+        "lrp-epsilon-gamma-box",
+        {"gamma": 0.5, "low": [-2.0, -2.5, -3.0], "high": [2.0, 2.5, 3.0]},
+        _lrp("epsilon-gamma-box", gamma=0.5, low=[-2.0, -2.5, -3.0], high=[2.0, 2.5, 3.0]),
+        "pixels",
+    ),
+    # the default bounds: lrp.py computes the ImageNet bounds in float32 (-mean / std of float32 tensors), which
+    # moves the map by ~4e-8 of its max against the float64 bounds; the float64 bounds above match to 1e-10
+    Variant("lrp-epsilon-gamma-box", {}, _lrp("epsilon-gamma-box"), "pixels", rtol=1e-6),
+    Variant("lrp-epsilon-alpha2-beta1", {}, _lrp("epsilon-alpha2-beta1"), "pixels"),
+]
+
+
+VARIANTS: list[Variant] = [
+    Variant(
         "cam",
         {},
         lambda m, x, mod, call, ids, case: ref.cam(m, x, mod, call, m.get_submodule(case.head).weight, ids),
-        False,
     ),
-    ("eigencam", {}, lambda m, x, mod, call, ids, case: ref.eigencam(m, x, mod, call, ids), False),
-    ("eigencam", {"center": True}, lambda m, x, mod, call, ids, case: ref.eigencam(m, x, mod, call, ids, True), False),
+    Variant("eigencam", {}, lambda m, x, mod, call, ids, case: ref.eigencam(m, x, mod, call, ids)),
+    Variant("eigencam", {"center": True}, lambda m, x, mod, call, ids, case: ref.eigencam(m, x, mod, call, ids, True)),
     *[
-        (name, options, _gradient(formula, sign), name == "guided-gradcam")
+        Variant(name, options, _gradient(formula, sign), "pixels" if name == "guided-gradcam" else "layer")
         for name, formula in GRADIENT.items()
         for sign, options in SIGNS.items()
     ],
     *[
-        (name, options, _pixels(rule, sign), True)
+        Variant(name, options, _pixels(rule, sign), "pixels")
         for name, rule in PIXEL_RULES.items()
         for sign, options in SIGNS.items()
     ],
-    ("scorecam", {}, lambda m, x, mod, call, ids, case: ref.scorecam(m, x, mod, call, ids), False),
-    (
+    Variant("scorecam", {}, lambda m, x, mod, call, ids, case: ref.scorecam(m, x, mod, call, ids)),
+    Variant(
         "scorecam",
         {"score": "logit", "baseline": False},
         lambda m, x, mod, call, ids, case: ref.scorecam(m, x, mod, call, ids, "logit", baseline=False),
-        False,
     ),
-    (
+    Variant(
         # pytorch-grad-cam's settings
         "scorecam",
         {"score": "logit", "channel_softmax": True, "align_corners": True},
         lambda m, x, mod, call, ids, case: ref.scorecam(
             m, x, mod, call, ids, "logit", channel_softmax=True, align_corners=True
         ),
-        False,
     ),
-    ("ablationcam", {}, lambda m, x, mod, call, ids, case: ref.ablationcam(m, x, mod, call, ids), False),
+    Variant("ablationcam", {}, lambda m, x, mod, call, ids, case: ref.ablationcam(m, x, mod, call, ids)),
+    *NEW_VARIANTS,
 ]
 
 
-def _variant_id(v: tuple[str, dict[str, Any], Reference, bool]) -> str:
-    return v[0] + "".join(f"-{k}={val}" for k, val in v[1].items())
+def _variant_id(v: Variant) -> str:
+    def show(val: Any) -> str:
+        return f"tensor{tuple(val.shape)}" if isinstance(val, torch.Tensor) else str(val)
+
+    return v.method + "".join(f"-{k}={show(val)}" for k, val in v.options.items())
 
 
 def test_every_registered_method_has_a_reference() -> None:
-    assert set(camlens.methods()) == {v[0] for v in VARIANTS}
+    assert set(camlens.methods()) == {v.method for v in VARIANTS}
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=_variant_id)
 @pytest.mark.parametrize("net", list(CASES))
-def test_method_matches_paper_literal_reference(net: str, variant: tuple[str, dict[str, Any], Reference, bool]) -> None:
-    method, options, reference, pixel = variant
+def test_method_matches_paper_literal_reference(net: str, variant: Variant) -> None:
+    method, options, reference, view, rtol = variant
     model, x, case = _setup(net)
-    layer = None if pixel and method != "guided-gradcam" else case.layer
+    layer = case.layer if view == "layer" or method == "guided-gradcam" else None
     if method == "cam" and case.head is None:
         # FcNet, FunctionalNet: the output is not linear(global pooling(layer)); CAM must refuse, not guess
         with pytest.raises(ValueError, match="gradcam"):
@@ -159,21 +357,28 @@ def test_method_matches_paper_literal_reference(net: str, variant: tuple[str, di
     assert torch.equal(exp.targets, ids)
     torch.testing.assert_close(exp.scores, ref.scores(model, x, ids), rtol=1e-12, atol=1e-12)
     expected = reference(model, x, _module(model, case), case.call, ids, case)
-    if pixel:
-        assert exp.pixels is not None
-        assert_maps_close(exp.pixels.flatten(2, 3), expected.flatten(2, 3))
-        expected = ref.max_abs_over_channels(expected)
-        assert exp.layer == ("input" if method != "guided-gradcam" else case.layer)
-    else:
+    if view == "layer":
         assert exp.layer == case.layer
-    assert_maps_close(exp.raw, expected)
+    else:
+        assert exp.pixels is not None
+        assert exp.layer == ("input" if method != "guided-gradcam" else case.layer)
+        if view == "signed":
+            assert_maps_close(exp.pixels, expected[:, :, None].expand_as(exp.pixels), rtol)
+        else:
+            assert_maps_close(exp.pixels.flatten(2, 3), expected.flatten(2, 3), rtol)
+            expected = ref.max_abs_over_channels(expected)
+    assert_maps_close(exp.raw, expected, rtol)
 
 
 def test_references_are_not_all_alike() -> None:
     """The comparisons above have teeth: on FunctionalNet (signed activation, non-linear tail) the
-    references of different methods give different maps, so a method returning another one's map fails."""
+    references of different methods give different maps, so a method returning another one's map fails.
+    The layer maps of conv2 and the pixel methods' views are all 8 x 8: every pair is compared."""
     model, x, case = _setup("FunctionalNet")
     mod, ids = _module(model, case), ref.top_ids(model, x, 2)
+    view = ref.max_abs_over_channels
+    rise_masks = ref.rise_masks(*RISE(model, n_masks=12, cells=3, seed=1).draw((8, 8)), (8, 8))
+    lime_design = LIME(model, n_samples=24, segmentation=LIME_LABELS).sample_matrix(6, torch.Generator().manual_seed(0))
     maps = {
         "gradcam": ref.gradcam(model, x, mod, 0, ids),
         "gradcam++": ref.gradcampp(model, x, mod, 0, ids),
@@ -182,6 +387,16 @@ def test_references_are_not_all_alike() -> None:
         "layercam": ref.layercam(model, x, mod, 0, ids),
         "ablationcam": ref.ablationcam(model, x, mod, 0, ids),
         "scorecam": ref.scorecam(model, x, mod, 0, ids),
+        "saliency": view(ref.input_gradients(model, x, ids)),
+        "integrated-gradients": view(ref.integrated_gradients(model, x, ids, torch.zeros_like(x), "gausslegendre", 8)),
+        "smoothgrad": view(ref.smoothgrad(model, x, ids, smoothgrad_noise(x, 4), None)),
+        "occlusion": ref.occlusion(model, x, ids, (3, 3), (2, 2), 0.0),
+        "rise": ref.rise(model, x, ids, rise_masks, 0.5),
+        "lime": ref.lime(model, x, ids, LIME_LABELS, lime_design),
+        **{
+            f"lrp-{name}": view(ref.lrp(model, x, ids, ref.lrp_composite(name, low=-3.0, high=3.0)))
+            for name in ("epsilon-plus", "epsilon-plus-flat", "epsilon-gamma-box", "epsilon-alpha2-beta1")
+        },
     }
     names = list(maps)
     for i, a in enumerate(names):

@@ -38,6 +38,19 @@ Equations followed:
 * Deconvnet -- Zeiler & Fergus, ECCV 2014 (as written in Springenberg's fig. 1): R_l = 1[R_(l+1) > 0] R_(l+1).
 * Guided Grad-CAM -- Selvaraju et al. 2017, sec. 3.1: guided backpropagation (.) bilinearly
   upsampled ReLU(Grad-CAM map).
+* Integrated Gradients -- Sundararajan et al., ICML 2017, eq. 1 by a quadrature rule (eq. 3 is the right
+  Riemann sum): (x - x') sum_s w_s dS(x' + a_s (x - x'))/dx, one fresh graph per point.
+* SmoothGrad -- Smilkov et al. 2017, eq. 5: the mean gradient over given noisy copies (guided or squared).
+* Occlusion -- Zeiler & Fergus, ECCV 2014, sec. 4.2, averaged over the windows covering a pixel (captum).
+* RISE -- Petsiuk et al., BMVC 2018, eq. 6: sum_i f(I (.) M_i) M_i / (N p), masks from given grids and shifts
+  as the authors' code builds them (scikit-image's resize).
+* LIME -- Ribeiro et al., KDD 2016, eq. 1-2 and lime_image: given segments and binary samples, the kernel
+  weights and the weighted ridge by numpy from the normal equations.
+* LRP -- Bach et al., PLOS ONE 2015; Montavon et al. 2019: epsilon, alpha-beta / z-plus, gamma, flat,
+  w-square and z-box rules on dense matrices of the tier-2 networks (see the section below).
+
+Random draws (SmoothGrad's noise, RISE's grids, LIME's samples) are arguments: the tests take them from
+the method's public functions, so that the reference stays free of camlens.
 
 The ReLU rules are applied by walking the autograd graph of each forward pass and hooking the
 backward node of every ReLU (``ReluBackward0``): the hook sees R_(l+1) (``grad_outputs``) and the
@@ -408,4 +421,429 @@ def guided_gradcam(model, x, module, call, ids, sign=1.0):
         for k in range(ids.shape[1]):
             up = bilinear(coarse[b, k].clamp(min=0), size)
             out[b, k] = guided[b, k] * up[None]
+    return out
+
+
+# --------------------------------------------------------------------------- path and noise integrals
+
+
+def _score(logits: torch.Tensor, c: int, kind: str) -> float:
+    """f_c: the logit, or the softmax probability written out (max subtracted before exp)."""
+    if kind == "logit":
+        return float(logits[c])
+    top = max(float(v) for v in logits)
+    e = [math.exp(float(v) - top) for v in logits]
+    return e[c] / sum(e)
+
+
+def quadrature(rule: str, steps: int) -> tuple[list[float], list[float]]:
+    """Points a_s in [0, 1] and weights w_s of an integration rule with ``steps`` points, written out.
+
+    riemann_left s/n, riemann_right (s+1)/n (Sundararajan et al. 2017, eq. 3), riemann_middle (s+1/2)/n, all
+    weighted 1/n; riemann_trapezoid s/(n-1), weighted 1/(n-1) and half that at both ends; gausslegendre:
+    numpy's Gauss-Legendre nodes t and weights v on [-1, 1], moved to [0, 1] as (t+1)/2 and v/2.
+    """
+    n = steps
+    if rule == "gausslegendre":
+        nodes, weights = np.polynomial.legendre.leggauss(n)
+        return [(float(t) + 1) / 2 for t in nodes], [float(v) / 2 for v in weights]
+    if rule == "riemann_trapezoid":
+        return [s / (n - 1) for s in range(n)], [(0.5 if s in (0, n - 1) else 1.0) / (n - 1) for s in range(n)]
+    offset = {"riemann_left": 0.0, "riemann_right": 1.0, "riemann_middle": 0.5}[rule]
+    return [(s + offset) / n for s in range(n)], [1.0 / n] * n
+
+
+def blur(x: torch.Tensor, klen: int = 11, sigma: float = 5.0) -> torch.Tensor:
+    """RISE's blurred image (its evaluation.py): every channel correlated with gkern(klen, sigma), zero padding.
+
+    gkern is scipy's gaussian_filter of a centred delta (as RISE writes it); the correlation is a loop over
+    pixels and kernel taps, taps outside the image reading 0.
+    """
+    from scipy.ndimage import gaussian_filter
+
+    delta = np.zeros((klen, klen))
+    delta[klen // 2, klen // 2] = 1
+    kernel = gaussian_filter(delta, sigma).tolist()
+    image = x.detach().double().tolist()
+    half = klen // 2
+    out = torch.zeros(x.shape, dtype=torch.float64)
+    batch, channels, height, width = x.shape
+    for b in range(batch):
+        for ch in range(channels):
+            plane = image[b][ch]
+            for i in range(height):
+                for j in range(width):
+                    total = 0.0
+                    for di in range(klen):
+                        for dj in range(klen):
+                            u, v = i + di - half, j + dj - half
+                            if 0 <= u < height and 0 <= v < width:
+                                total += kernel[di][dj] * plane[u][v]
+                    out[b, ch, i, j] = total
+    return out.to(x.dtype)
+
+
+def integrated_gradients(model, x, ids, baseline, rule="gausslegendre", steps=50):
+    """Sundararajan et al. 2017, eq. 1 by quadrature: (x - x') sum_s w_s dS(x' + a_s (x - x'))/dx.
+
+    ``baseline`` x' (B, C, H, W); one fresh forward and ``torch.autograd.grad`` per sample, target and point.
+    Returns the pixels (B, K, C, H, W).
+    """
+    points, weights = quadrature(rule, steps)
+    out = torch.zeros(x.shape[0], ids.shape[1], *x.shape[1:], dtype=x.dtype)
+    for b in range(x.shape[0]):
+        xb, start = x[b].detach(), baseline[b].detach()
+        for k in range(ids.shape[1]):
+            total = torch.zeros_like(xb)
+            for a, w in zip(points, weights):
+                point = (start + a * (xb - start)).clone().requires_grad_(True)
+                score = model(point[None])[0, int(ids[b, k])]
+                (grad,) = torch.autograd.grad(score, point)
+                total += w * grad
+            out[b, k] = (xb - start) * total
+    return out
+
+
+def smoothgrad(model, x, ids, noise, rule=None, squared=False):
+    """Smilkov et al. 2017, eq. 5: (1/n) sum_s g(x + noise_s), g the gradient (``rule``: "guided" for guided
+    backprop), squared first for SmoothGrad-Squared (Hooker et al. 2019). ``noise`` (B, n, C, H, W) are the
+    draws. One fresh forward per sample, target and draw. Returns the pixels (B, K, C, H, W)."""
+    samples = noise.shape[1]
+    out = torch.zeros(x.shape[0], ids.shape[1], *x.shape[1:], dtype=x.dtype)
+    for b in range(x.shape[0]):
+        for k in range(ids.shape[1]):
+            total = torch.zeros_like(x[b])
+            for s in range(samples):
+                point = (x[b].detach() + noise[b, s]).clone().requires_grad_(True)
+                score = model(point[None])[0, int(ids[b, k])]
+                _hook_relus(score, rule)
+                (grad,) = torch.autograd.grad(score, point)
+                total += grad * grad if squared else grad
+            out[b, k] = total / samples
+    return out
+
+
+# --------------------------------------------------------------------------- input perturbation
+
+
+def occlusion(model, x, ids, window, stride, baseline, score="probability"):
+    """Zeiler & Fergus 2014, sec. 4.2, averaged as captum's ``Occlusion``: window positions 0, stride, ...,
+    ceil((size - window) / stride) + 1 of them per axis, the last cut at the border; each window of all
+    channels set to ``baseline`` (a number or a tensor broadcasting to one image); pixel (i, j) gets the mean
+    over the windows containing it of f(x) - f(x occluded). Returns the signed maps (B, K, H, W)."""
+    height, width = x.shape[-2:]
+    (wh, ww), (sh, sw) = window, stride
+    wh, ww = min(wh, height), min(ww, width)
+    rows = [(i * sh, min(i * sh + wh, height)) for i in range(math.ceil((height - wh) / sh) + 1)]
+    cols = [(j * sw, min(j * sw + ww, width)) for j in range(math.ceil((width - ww) / sw) + 1)]
+    out = torch.zeros(x.shape[0], ids.shape[1], height, width, dtype=x.dtype)
+    for b in range(x.shape[0]):
+        xb = x[b].detach()
+        fill = torch.broadcast_to(torch.as_tensor(baseline, dtype=x.dtype), xb.shape)
+        with torch.no_grad():
+            clean = model(xb[None])[0]
+            windows = []
+            for r0, r1 in rows:
+                for c0, c1 in cols:
+                    occluded = xb.clone()
+                    occluded[:, r0:r1, c0:c1] = fill[:, r0:r1, c0:c1]
+                    windows.append(((r0, r1, c0, c1), model(occluded[None])[0]))
+        for k in range(ids.shape[1]):
+            c = int(ids[b, k])
+            for i in range(height):
+                for j in range(width):
+                    drops = [
+                        _score(clean, c, score) - _score(logits, c, score)
+                        for (r0, r1, c0, c1), logits in windows
+                        if r0 <= i < r1 and c0 <= j < c1
+                    ]
+                    out[b, k, i, j] = sum(drops) / len(drops)
+    return out
+
+
+def rise_masks(grids: torch.Tensor, shifts: torch.Tensor, size: tuple[int, int]) -> list[torch.Tensor]:
+    """Petsiuk et al. 2018, sec. 3.2, as the authors' explanations.py builds them: each s x s binary grid
+    upsampled with ``skimage.transform.resize(order=1, mode="reflect", anti_aliasing=False)`` to
+    (s + 1) * ceil(H / s) x (s + 1) * ceil(W / s), then cropped to H x W at its shift (dy, dx)."""
+    from skimage.transform import resize
+
+    s = grids.shape[-1]
+    cell = (math.ceil(size[0] / s), math.ceil(size[1] / s))
+    up = ((s + 1) * cell[0], (s + 1) * cell[1])
+    masks = []
+    for grid, (dy, dx) in zip(grids, shifts.tolist()):
+        big = resize(grid.double().numpy(), up, order=1, mode="reflect", anti_aliasing=False)
+        masks.append(torch.from_numpy(big[dy : dy + size[0], dx : dx + size[1]].copy()))
+    return masks
+
+
+def rise(model, x, ids, masks, p, score="probability"):
+    """Petsiuk et al. 2018, eq. 6: S = sum_i f(I (.) M_i) M_i / (N p), a loop over the N masks (H, W).
+    Returns the maps (B, K, H, W)."""
+    out = torch.zeros(x.shape[0], ids.shape[1], *x.shape[-2:], dtype=x.dtype)
+    for b in range(x.shape[0]):
+        with torch.no_grad():
+            masked = [model((x[b] * m.to(x.dtype)[None])[None])[0] for m in masks]
+        for k in range(ids.shape[1]):
+            c = int(ids[b, k])
+            total = torch.zeros(x.shape[-2:], dtype=torch.float64)
+            for logits, m in zip(masked, masks):
+                total += _score(logits, c, score) * m
+            out[b, k] = total / (len(masks) * p)
+    return out
+
+
+def lime(model, x, ids, labels, z, baseline="mean", kernel_width=0.25, alpha=1.0, score="probability"):
+    """Ribeiro et al. 2016 (eq. 1-2, sec. 3.3-3.4) as lime_image does it, given the segments and the samples.
+
+    ``labels`` (H, W): the superpixels of every image, numbered by their sorted label values; ``z`` (N, d)
+    in {0, 1}: row i keeps segment j where z_ij = 1, the other pixels become the baseline ("mean": each
+    segment's mean colour per channel, lime's hide_color=None; "zero"; a number). Weights
+    pi_i = sqrt(exp(-D_i^2 / width^2)), D_i = 1 - cos(z_i, 1) (1 for z_i = 0, as scikit-learn's cosine
+    distance); ridge with an unpenalised intercept solved by numpy from the normal equations
+    (X' P X + alpha diag(0, 1, ..., 1)) beta = X' P y, X = [1 | z]. Pixel (u, v) gets beta of its segment.
+    Returns the maps (B, K, H, W)."""
+    segments = sorted(set(labels.flatten().tolist()))
+    index = [[segments.index(int(v)) for v in row] for row in labels.tolist()]
+    height, width = labels.shape
+    d = z.shape[1]
+    rows = z.tolist()
+    out = torch.zeros(x.shape[0], ids.shape[1], height, width, dtype=x.dtype)
+    for b in range(x.shape[0]):
+        xb = x[b].detach()
+        hidden = torch.zeros_like(xb)
+        for ch in range(xb.shape[0]):
+            for j in range(d):
+                pixels = [float(xb[ch, u, v]) for u in range(height) for v in range(width) if index[u][v] == j]
+                for u in range(height):
+                    for v in range(width):
+                        if index[u][v] == j:
+                            if baseline == "mean":
+                                hidden[ch, u, v] = sum(pixels) / len(pixels)
+                            else:
+                                hidden[ch, u, v] = 0.0 if baseline == "zero" else float(baseline)
+        logits = []
+        for row in rows:
+            image = xb.clone()
+            for u in range(height):
+                for v in range(width):
+                    if row[index[u][v]] == 0:
+                        image[:, u, v] = hidden[:, u, v]
+            with torch.no_grad():
+                logits.append(model(image[None])[0])
+        pi = []
+        for row in rows:
+            on = sum(row)
+            cosine = on / (math.sqrt(sum(r * r for r in row)) * math.sqrt(d)) if on else 0.0
+            pi.append(math.sqrt(math.exp(-((1 - cosine) ** 2) / kernel_width**2)))
+        design = np.array([[1.0, *map(float, row)] for row in rows])  # X = [1 | z]
+        weights = np.diag(pi)
+        penalty = alpha * np.diag([0.0] + [1.0] * d)
+        for k in range(ids.shape[1]):
+            c = int(ids[b, k])
+            y = np.array([_score(lg, c, score) for lg in logits])
+            beta = np.linalg.solve(design.T @ weights @ design + penalty, design.T @ weights @ y)
+            for u in range(height):
+                for v in range(width):
+                    out[b, k, u, v] = float(beta[1 + index[u][v]])
+    return out
+
+
+# --------------------------------------------------------------------------- layer-wise relevance propagation
+#
+# Every convolution and linear layer is written as a dense matrix W (inputs x outputs), built by a loop over
+# output positions and kernel taps (taps in the zero padding are no inputs), with the connectivity M_ij = 1
+# where input i feeds output j. c_ij = x_i W_ij are the contributions, z_j = sum_i c_ij + b_j, and
+# stab(t) = t + e sign(t), sign(0) = +1. The rules (Bach et al. 2015; Montavon et al. 2019), one einsum each:
+#
+# * epsilon      R_i = sum_j c_ij R_j / stab(z_j)
+# * alpha-beta   R_i = sum_j (alpha c+_ij / stab(sum_i c+_ij + b+_j) - beta c-_ij / stab(sum_i c-_ij + b-_j)) R_j
+#                (z-plus: alpha = 1, beta = 0)
+# * gamma        R_i = sum_j c'_ij R_j / stab(sum_i c'_ij + b'_j), c' = c + gamma c+ and b' = b + gamma b+
+#                where z_j > 0, c + gamma c- and b + gamma b- where z_j < 0, nothing where z_j = 0
+# * flat         R_i = sum_j M_ij R_j / stab(sum_i M_ij)
+# * w-square     R_i = sum_j M_ij W_ij^2 R_j / stab(sum_i M_ij W_ij^2)
+# * z-box        R_i = sum_j c_ij R_j / stab(sum_i c_ij), c_ij = x_i W_ij - l_i W+_ij - h_i W-_ij
+#
+# ReLUs pass relevance unchanged; global average pooling R_(c,u,v) = (a_(c,u,v) / hw) R_c / stab(mean_c);
+# a residual sum a + b gives R_a = a R / stab(a + b), R_b = b R / stab(a + b); batch norm after a
+# convolution is folded into it, W' = W g / sqrt(v + e), b' = (b - m) g / sqrt(v + e) + beta. The output
+# relevance of target c is the one-hot vector times the logit.
+
+IMAGENET_LOW = [-m / s for m, s in zip((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))]
+IMAGENET_HIGH = [(1 - m) / s for m, s in zip((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))]
+
+
+def lrp_composite(name, epsilon=1e-6, stabilizer=1e-6, gamma=0.25, low=None, high=None):
+    """zennit's composites as {first, conv, linear} -> rule tuples (first None: the conv rule).
+
+    epsilon-plus: z-plus at convolutions, epsilon at linear layers; epsilon-plus-flat: and flat at the first
+    layer; epsilon-gamma-box: gamma at convolutions, z-box at the first layer (bounds: ImageNet-normalised
+    [0, 1] pixels unless given); epsilon-alpha2-beta1: alpha = 2, beta = 1 at convolutions."""
+    low = IMAGENET_LOW if low is None else low
+    high = IMAGENET_HIGH if high is None else high
+    conv = {
+        "epsilon-plus": ("alpha-beta", 1.0, 0.0, stabilizer),
+        "epsilon-plus-flat": ("alpha-beta", 1.0, 0.0, stabilizer),
+        "epsilon-gamma-box": ("gamma", gamma, stabilizer),
+        "epsilon-alpha2-beta1": ("alpha-beta", 2.0, 1.0, stabilizer),
+    }[name]
+    first = {"epsilon-plus-flat": ("flat", stabilizer), "epsilon-gamma-box": ("z-box", low, high, stabilizer)}.get(name)
+    return {"first": first or conv, "conv": conv, "linear": ("epsilon", epsilon)}
+
+
+def _stab_np(t: np.ndarray, e: float) -> np.ndarray:
+    return t + e * np.where(t >= 0, 1.0, -1.0)
+
+
+def dense_conv(conv: nn.Conv2d, size: tuple[int, int]):
+    """(W (C*H*W, O*h*w), M, b (O*h*w,), (h, w)) of a 2-d convolution on an H x W input, tap by tap."""
+    w = conv.weight.detach().double().numpy()
+    out_ch, in_ch, kh, kw = w.shape
+    (sh, sw), (ph, pw) = conv.stride, conv.padding
+    height, width = size
+    h, wd = (height + 2 * ph - kh) // sh + 1, (width + 2 * pw - kw) // sw + 1
+    big = np.zeros((in_ch * height * width, out_ch * h * wd))
+    mask = np.zeros_like(big)
+    for o in range(out_ch):
+        for p in range(h):
+            for q in range(wd):
+                j = (o * h + p) * wd + q
+                for c in range(in_ch):
+                    for di in range(kh):
+                        for dj in range(kw):
+                            u, v = p * sh - ph + di, q * sw - pw + dj
+                            if 0 <= u < height and 0 <= v < width:
+                                i = (c * height + u) * width + v
+                                big[i, j] = w[o, c, di, dj]
+                                mask[i, j] = 1.0
+    bias = np.repeat(conv.bias.detach().double().numpy(), h * wd)
+    return big, mask, bias, (h, wd)
+
+
+def dense_linear(fc: nn.Linear):
+    w = fc.weight.detach().double().numpy().T
+    return w, np.ones_like(w), fc.bias.detach().double().numpy()
+
+
+def fold_batch_norm(big: np.ndarray, bias: np.ndarray, bn: nn.BatchNorm2d, positions: int):
+    """W' = W g / sqrt(v + e), b' = (b - m) g / sqrt(v + e) + beta, per output channel (repeated over positions)."""
+    scale = bn.weight.detach().double().numpy() / np.sqrt(bn.running_var.double().numpy() + bn.eps)
+    shift = bn.bias.detach().double().numpy() - bn.running_mean.double().numpy() * scale
+    scale, shift = np.repeat(scale, positions), np.repeat(shift, positions)
+    return big * scale[None], bias * scale + shift
+
+
+def lrp_rule(rule, x, big, mask, bias, r, channels=None):
+    """R at the inputs of the layer (x, W, M, b) for relevance ``r`` at its outputs, by ``rule``."""
+    name, *args = rule
+    c = x[:, None] * big  # c_ij = x_i w_ij
+    cp, cn = np.maximum(c, 0), np.minimum(c, 0)
+    bp, bn = np.maximum(bias, 0), np.minimum(bias, 0)
+    if name == "epsilon":
+        (e,) = args
+        return np.einsum("ij,j->i", c, r / _stab_np(c.sum(0) + bias, e))
+    if name == "alpha-beta":
+        alpha, beta, e = args
+        pos = alpha * np.einsum("ij,j->i", cp, r / _stab_np(cp.sum(0) + bp, e))
+        neg = beta * np.einsum("ij,j->i", cn, r / _stab_np(cn.sum(0) + bn, e))
+        return pos - neg
+    if name == "gamma":
+        g, e = args
+        z = c.sum(0) + bias
+        up, b_up = c + g * cp, bias + g * bp
+        down, b_down = c + g * cn, bias + g * bn
+        out = np.einsum("ij,j->i", up, np.where(z > 0, r, 0.0) / _stab_np(up.sum(0) + b_up, e))
+        return out + np.einsum("ij,j->i", down, np.where(z < 0, r, 0.0) / _stab_np(down.sum(0) + b_down, e))
+    if name in ("flat", "w-square"):
+        (e,) = args
+        share = mask if name == "flat" else mask * big**2
+        return np.einsum("ij,j->i", share, r / _stab_np(share.sum(0), e))
+    if name == "z-box":
+        low, high, e = args
+        per_input = len(x) // channels
+        lo = np.repeat(np.broadcast_to(np.asarray(low, dtype=np.float64), (channels,)), per_input)
+        hi = np.repeat(np.broadcast_to(np.asarray(high, dtype=np.float64), (channels,)), per_input)
+        box = c - lo[:, None] * np.maximum(big, 0) - hi[:, None] * np.minimum(big, 0)
+        return np.einsum("ij,j->i", box, r / _stab_np(box.sum(0), e))
+    raise ValueError(name)
+
+
+def _relu(t: np.ndarray) -> np.ndarray:
+    return np.maximum(t, 0)
+
+
+def _gap_rule(a: np.ndarray, channels: int, r: np.ndarray, e: float) -> np.ndarray:
+    """Global average pooling of a (C * hw,): R_(c,u,v) = (a_(c,u,v) / hw) R_c / stab(mean_c)."""
+    planes = a.reshape(channels, -1)
+    mean = planes.mean(1)
+    return (planes / planes.shape[1] * (r / _stab_np(mean, e))[:, None]).reshape(-1)
+
+
+def _lrp_one(model: nn.Module, x: np.ndarray, size: tuple[int, int], c: int, rules, e: float) -> np.ndarray:
+    """R at the input (C*H*W,) of one image for target c: the tier-2 networks, layer by layer."""
+    kind = type(model).__name__
+    first, conv, linear = rules["first"], rules["conv"], rules["linear"]
+    if kind in ("GapNet", "SharedActNet"):
+        if kind == "GapNet":
+            conv1, conv2, fc = model.features[0], model.features[2], model.fc
+        else:
+            conv1, conv2, fc = model.stem, model.head, model.fc
+        w1, m1, b1, size1 = dense_conv(conv1, size)
+        w2, m2, b2, size2 = dense_conv(conv2, size1)
+        if kind == "GapNet":
+            w2, b2 = fold_batch_norm(w2, b2, model.features[3], size2[0] * size2[1])
+        w3, m3, b3 = dense_linear(fc)
+        a1 = _relu(x @ w1 + b1)
+        a2 = _relu(a1 @ w2 + b2)
+        pooled = a2.reshape(conv2.out_channels, -1).mean(1)
+        logits = pooled @ w3 + b3
+        r = np.zeros_like(logits)
+        r[c] = logits[c]
+        r = lrp_rule(linear, pooled, w3, m3, b3, r)
+        r = _gap_rule(a2, conv2.out_channels, r, e)
+        r = lrp_rule(conv, a1, w2, m2, b2, r)
+        return lrp_rule(first, x, w1, m1, b1, r, conv1.in_channels)
+    if kind == "FcNet":
+        conv1, fc1, fc2 = model.features[0], model.classifier[0], model.classifier[2]
+        w1, m1, b1, _ = dense_conv(conv1, size)
+        w2, m2, b2 = dense_linear(fc1)
+        w3, m3, b3 = dense_linear(fc2)
+        a1 = _relu(x @ w1 + b1)  # flattened channel by channel, as torch's flatten(1)
+        a2 = _relu(a1 @ w2 + b2)
+        logits = a2 @ w3 + b3
+        r = np.zeros_like(logits)
+        r[c] = logits[c]
+        r = lrp_rule(linear, a2, w3, m3, b3, r)
+        r = lrp_rule(linear, a1, w2, m2, b2, r)
+        return lrp_rule(first, x, w1, m1, b1, r, conv1.in_channels)
+    if kind == "FunctionalNet":
+        w1, m1, b1, size1 = dense_conv(model.conv1, size)
+        w2, m2, b2, _ = dense_conv(model.conv2, size1)
+        w3, m3, b3 = dense_linear(model.fc)
+        y = _relu(x @ w1 + b1)
+        branch = y @ w2 + b2
+        total = _relu(branch + y)
+        pooled = total.reshape(model.conv2.out_channels, -1).mean(1)
+        logits = pooled @ w3 + b3
+        r = np.zeros_like(logits)
+        r[c] = logits[c]
+        r = lrp_rule(linear, pooled, w3, m3, b3, r)
+        r = _gap_rule(total, model.conv2.out_channels, r, e)
+        share = r / _stab_np(branch + y, e)  # the residual sum: each addend's part
+        r_y = y * share + lrp_rule(conv, y, w2, m2, b2, branch * share)
+        return lrp_rule(first, x, w1, m1, b1, r_y, model.conv1.in_channels)
+    raise ValueError(f"no literal LRP for {kind}")
+
+
+def lrp(model, x, ids, rules, stabilizer=1e-6):
+    """Layer-wise relevance propagation with ``rules`` ({first, conv, linear} -> rule, see
+    :func:`lrp_composite`) on the tier-2 networks; ``stabilizer`` for pooling and sums. Pixels (B, K, C, H, W)."""
+    out = torch.zeros(x.shape[0], ids.shape[1], *x.shape[1:], dtype=x.dtype)
+    size = (x.shape[-2], x.shape[-1])
+    for b in range(x.shape[0]):
+        image = x[b].detach().double().numpy().reshape(-1)
+        for k in range(ids.shape[1]):
+            r = _lrp_one(model, image, size, int(ids[b, k]), rules, stabilizer)
+            out[b, k] = torch.from_numpy(r.reshape(x.shape[1:])).to(x.dtype)
     return out
