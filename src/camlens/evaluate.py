@@ -528,7 +528,7 @@ def _to_original(raw: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
 
 
 def _localization_batch(name, exp, batch, masks, labels, top, meters, pictures, examples, threshold, wanted):
-    from camlens.localize import boxes_from_map
+    from camlens.geometry import boxes_from_map
     from camlens.metrics.faithfulness import pointing_game
 
     for b, ((sample, (width, height)), (mask, ignore)) in enumerate(zip(batch, masks)):

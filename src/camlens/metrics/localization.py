@@ -5,7 +5,7 @@ Two protocols are implemented, each as its paper defines it:
 * **CAM paper** (Zhou et al., "Learning Deep Features for Discriminative Localization", CVPR 2016,
   sec. 3.1 and Table 2, following the ILSVRC rules of Russakovsky et al., IJCV 2015, sec. 4): one box
   per image, from the map thresholded at 20% of its max (largest 8-connected component, see
-  :mod:`camlens.localize`). Top-1 localisation is correct when the top-1 class is the label AND the box
+  :mod:`camlens.geometry`). Top-1 localisation is correct when the top-1 class is the label AND the box
   has IoU >= 0.5 with some ground-truth box; top-5 when the label is among the top-5 classes AND the
   box of the label's map has IoU >= 0.5. GT-known localisation drops the class condition.
 * **Choe et al.**, "Evaluating Weakly Supervised Object Localization Methods Right", CVPR 2020, sec. 4
@@ -36,7 +36,7 @@ the definition most WSOL numbers are computed with:
 * A map with no pixel above the threshold yields the box ``[0, 0, 0, 0]`` there (a one-pixel box at the
   corner under its inclusive IoU); we yield no box, which never matches.
 * Maps are resized with ``cv2.INTER_CUBIC`` to 224 x 224 there; here the caller passes maps at the
-  original image size (:func:`camlens.localize.resize_map`, bilinear).
+  original image size (:func:`camlens.geometry.resize_map`, bilinear).
 
 Example:
     >>> meter = LocalizationMeter()
@@ -51,11 +51,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import torch
 from scipy import ndimage
-from torchvision.ops import box_iou as _pairwise_iou
 
-from camlens.localize import _as_map, _check_mode, boxes_from_map
+from camlens.geometry import _as_map, _check_boxes, _check_mode, _to_numpy, box_iou, boxes_from_map
 
 __all__ = ["LocalizationMeter", "box_iou", "boxes_at_thresholds"]
 
@@ -69,55 +67,6 @@ _SLICE_EIGHT[1] = True
 _STACK_BUDGET = 2**20
 # The CAM paper's / ILSVRC's IoU criterion for a correct box.
 _LOC_IOU = 0.5
-
-
-def _to_numpy(x: Any) -> np.ndarray:
-    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-
-
-def _check_boxes(boxes: Any, name: str) -> np.ndarray:
-    """(N, 4) float64 end-exclusive boxes with x1 >= x0 and y1 >= y0."""
-    b = _to_numpy(boxes).astype(np.float64)
-    if b.size == 0:
-        return b.reshape(0, 4)
-    if b.ndim == 1 and b.shape[0] == 4:
-        b = b[None]
-    if b.ndim != 2 or b.shape[1] != 4:
-        raise ValueError(f"{name}: expected (N, 4) boxes [x0, y0, x1, y1), got shape {b.shape}")
-    if not np.isfinite(b).all():
-        raise ValueError(f"{name}: boxes have NaN or infinite coordinates")
-    bad = np.flatnonzero((b[:, 2] < b[:, 0]) | (b[:, 3] < b[:, 1]))
-    if len(bad):
-        raise ValueError(
-            f"{name}: box {bad[0]} = {b[bad[0]].tolist()} has x1 < x0 or y1 < y0; boxes are [x0, y0, x1, y1) "
-            "(corners, not x, y, width, height)"
-        )
-    return b
-
-
-def box_iou(a: Any, b: Any) -> np.ndarray:
-    """Pairwise intersection over union of END-EXCLUSIVE boxes [x0, y0, x1, y1), vectorised.
-
-    ``IoU = |A n B| / (|A| + |B| - |A n B|)`` with ``|A| = (x1 - x0) * (y1 - y0)`` (no ``+ 1``: the
-    wsolevaluation reference adds 1 to every side because it treats x1, y1 as inclusive). For
-    end-exclusive integer boxes the pixel count of a box is exactly that continuous area, so the IoU is
-    ``torchvision.ops.box_iou``'s, computed by it in float64. Boxes of zero area have IoU 0 with
-    everything (two of them: 0, where torchvision's 0 / 0 gives NaN).
-
-    Args:
-        a: (N, 4) boxes (a single (4,) box is taken as (1, 4)).
-        b: (M, 4) boxes.
-
-    Returns:
-        (N, M) float64 array of IoUs in [0, 1].
-
-    Example:
-        >>> box_iou([[0, 0, 2, 2]], [[1, 0, 3, 2], [5, 5, 6, 6]])
-        array([[0.33333333, 0.        ]])
-    """
-    a, b = _check_boxes(a, "a"), _check_boxes(b, "b")
-    iou = _pairwise_iou(torch.from_numpy(a), torch.from_numpy(b)).numpy()
-    return np.nan_to_num(iou, nan=0.0)  # 0 / 0: both boxes empty
 
 
 def _minmax(m: np.ndarray) -> np.ndarray:
@@ -224,7 +173,7 @@ def boxes_at_thresholds(cam: Any, thresholds: Any, mode: str = "all") -> list[np
     """Boxes of the min-max-normalised map at many thresholds at once (Choe et al., CVPR 2020).
 
     The map is normalised to [0, 1] (a constant map becomes zeros), and at each threshold ``t`` the
-    8-connected components of ``map > t`` are boxed, as :func:`camlens.localize.boxes_from_map` does for
+    8-connected components of ``map > t`` are boxed, as :func:`camlens.geometry.boxes_from_map` does for
     one threshold. The thresholds are labelled together as (t, y, x) stacks with a structuring element
     that connects pixels only within a slice (3 x 3 x 3, middle plane set), each stack cropped to the
     bounding box of its masks (they are nested), then boxed by ``ndimage.find_objects`` and grouped per
@@ -279,7 +228,7 @@ class LocalizationMeter:
     uses it:
 
     * CAM paper / ILSVRC (Zhou et al. 2016, Table 2; Russakovsky et al. 2015, sec. 4): one box from the
-      map as given at ``box_threshold`` x its MAX (largest component, :func:`camlens.localize.boxes_from_map`;
+      map as given at ``box_threshold`` x its MAX (largest component, :func:`camlens.geometry.boxes_from_map`;
       the box :meth:`camlens.Explanation.boxes` and ``camlens explain`` give);
       ``loc_ok`` = its IoU with some ground-truth box is >= 0.5.
 
