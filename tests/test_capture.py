@@ -27,8 +27,8 @@ from tests import nets
 METHODS = camlens.methods()
 LAYER_METHODS = [m for m in METHODS if camlens.get_method(m).takes_layer]
 NO_LAYER_METHODS = [m for m in METHODS if not camlens.get_method(m).takes_layer]
-# methods that run only forward passes; every other method needs autograd (a new one is assumed to)
-FORWARD_ONLY = ["cam", "eigencam", "scorecam", "ablationcam"]
+# methods that run only forward passes (they declare needs_gradients = False); every other one needs autograd
+FORWARD_ONLY = [m for m in METHODS if not camlens.get_method(m).needs_gradients]
 AUTOGRAD_METHODS = [m for m in METHODS if m not in FORWARD_ONLY]
 
 
