@@ -101,17 +101,21 @@ def _structural_cut(model: nn.Module, kind: str, drop_last_pool: bool) -> tuple[
 
 
 def _output_of(model: nn.Module, module: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
-    """The (last) output of ``module`` during ``model(x)``."""
+    """The (last) output of ``module`` during ``model(x)``, as the model produced it (no layout reading:
+    the probe compares a cut network's raw output with it), under the model's lock like every hook."""
+    from camlens._state import model_lock
+
     seen: list[Any] = []
     # cloned: a later in-place op of the model must not change what was seen
-    handle = module.register_forward_hook(
-        lambda mod, args, out: seen.append(out.clone() if isinstance(out, torch.Tensor) else out)
-    )
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        handle.remove()
+    with model_lock(model):
+        handle = module.register_forward_hook(
+            lambda mod, args, out: seen.append(out.clone() if isinstance(out, torch.Tensor) else out)
+        )
+        try:
+            with torch.no_grad():
+                model(x)
+        finally:
+            handle.remove()
     out = seen[-1] if seen else None
     return out if isinstance(out, torch.Tensor) else None
 
