@@ -151,7 +151,7 @@ def test_layers_command(capsys: pytest.CaptureFixture[str]) -> None:
     ("argv", "message"),
     [
         (["explain", "missing.jpg"], "missing.jpg: no such file"),
-        (["explain", "--demo", "--model", "efficientnet_lite1"], "closest: efficientnet_lite0"),
+        (["explain", "--demo", "--model", "efficientnet-lite0"], "closest: efficientnet_lite0"),
         (["explain", "--demo", "--method", "gradcm"], "closest: gradcam"),
         (["explain", "--demo", "--layer", "_bn"], "layer '_bn' not found; closest: _bn1, _bn0"),
         (["explain", "--demo", "--class", "egyptian kat"], "closest: Egyptian cat"),

