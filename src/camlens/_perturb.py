@@ -6,16 +6,24 @@ through the tail), deletion / insertion, Average Drop / Increase in Confidence a
 perturbed copy of sample ``owners[i]``, are built and run ``batch_size`` at a time, so only one chunk of
 copies exists at once; the scorer (:class:`camlens.targets.RowScorer`) knows from ``owners`` which
 target each row is scored for.
+
+What a removed pixel becomes is one concept too, :func:`baseline`: IG's path start, LIME's switched-off
+superpixels, occlusion's window, and the substrate of deletion / insertion all call it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Union
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 
-__all__ = ["perturbed_scores"]
+__all__ = ["BASELINES", "Baseline", "baseline", "blur", "check_baseline", "perturbed_scores"]
+
+Baseline = Union[str, float, torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]
+BASELINES = ("zero", "blur", "mean")  # the named kinds ("zeros" is read as "zero")
 
 
 def perturbed_scores(
@@ -60,3 +68,102 @@ def perturbed_scores(
             parts.append(scorer(forward(rows), owners[rows]))
             bar.update(rows.stop - rows.start)
     return torch.cat(parts) if parts else torch.empty(0)
+
+
+# ------------------------------------------------------------------------------------------------ baselines
+
+
+def blur(inputs: torch.Tensor, klen: int = 11, sigma: float = 5.0) -> torch.Tensor:
+    """RISE's blurred image: each channel convolved with a ``klen`` x ``klen`` Gaussian (sigma 5), zero padding.
+
+    Exactly RISE's ``evaluation.py``: ``nn.functional.conv2d(x, gkern(11, 5), padding=11 // 2)`` with the
+    kernel on the diagonal of the (C, C) channel block, i.e. a depthwise blur whose zero padding darkens
+    (pulls towards 0) a 5-pixel border. Needs scipy (loaded on first use) for RISE's kernel.
+    """
+    from scipy.ndimage import gaussian_filter
+
+    channels = inputs.shape[1]
+    # RISE's gkern(klen, nsig): scipy's gaussian_filter of a centred delta (mode "reflect" folds the tails in)
+    delta = np.zeros((klen, klen))
+    delta[klen // 2, klen // 2] = 1
+    kernel = torch.as_tensor(gaussian_filter(delta, sigma), dtype=inputs.dtype, device=inputs.device)
+    with torch.no_grad():
+        return F.conv2d(inputs, kernel.expand(channels, 1, klen, klen), padding=klen // 2, groups=channels)
+
+
+def check_baseline(kind: Any, name: str = "baseline") -> None:
+    """Raise the error :func:`baseline` would raise for ``kind``, before any input is seen (for constructors)."""
+    if isinstance(kind, str):
+        if kind not in (*BASELINES, "zeros"):
+            raise ValueError(
+                f"{name}={kind!r} is not known; use 'zero', 'blur', 'mean', a number, a tensor or a callable"
+            )
+    elif isinstance(kind, bool) or (not isinstance(kind, (int, float, torch.Tensor)) and not callable(kind)):
+        raise TypeError(
+            f"{name} must be 'zero', 'blur', 'mean', a number, a tensor or a callable, got {type(kind).__name__}"
+        )
+
+
+def baseline(
+    inputs: torch.Tensor,
+    kind: Baseline,
+    *,
+    segments: torch.Tensor | None = None,
+    klen: int = 11,
+    sigma: float = 5.0,
+    name: str = "baseline",
+) -> torch.Tensor:
+    """What removed pixels of ``inputs`` (B, C, H, W) become: a (B, C, H, W) tensor, detached, in their dtype.
+
+    ``kind``:
+
+    * ``"zero"`` (or ``"zeros"``): all zeros in the model's input space (the dataset's mean colour for
+      ImageNet-normalised inputs; RISE's deletion substrate, IG's usual x');
+    * ``"blur"``: :func:`blur` of the inputs with ``klen`` and ``sigma`` (RISE's insertion substrate);
+    * ``"mean"``: the mean colour (per channel) of each segment: ``segments`` (B, H, W) integer labels
+      (LIME's superpixels, its ``hide_color=None``); without segments the whole image is one segment;
+    * a number: that value everywhere;
+    * a tensor broadcasting to the inputs, e.g. (C, 1, 1), (C, H, W) or (B, C, H, W);
+    * a callable ``inputs -> tensor`` (broadcasting to the inputs), run without gradients.
+
+    ``name`` is the argument's name in error messages (``"substrate"`` for the faithfulness metrics).
+
+    Example:
+        >>> start = baseline(x, "blur")  # IG's path from the blurred image
+        >>> hidden = baseline(x, "mean", segments=labels)  # LIME's switched-off superpixels
+    """
+    check_baseline(kind, name)
+    x = inputs.detach()
+    if isinstance(kind, str):
+        if kind in ("zero", "zeros"):
+            return torch.zeros_like(x)
+        if kind == "blur":
+            return blur(x, klen, sigma)
+        if segments is None:
+            return x.mean(dim=(2, 3), keepdim=True).expand_as(x)
+        return _segment_means(x, segments)
+    if isinstance(kind, (int, float)):
+        return torch.full_like(x, float(kind))
+    if callable(kind) and not isinstance(kind, torch.Tensor):
+        with torch.no_grad():
+            kind = kind(x)
+        if not isinstance(kind, torch.Tensor):
+            raise TypeError(f"a {name} callable must return a tensor, got {type(kind).__name__}")
+    try:
+        return torch.broadcast_to(kind.detach().to(x), x.shape)
+    except RuntimeError as err:
+        raise ValueError(
+            f"a {name} tensor of shape {tuple(kind.shape)} does not broadcast to the inputs {tuple(x.shape)}; "
+            "use (C, 1, 1), (C, H, W) or (B, C, H, W)"
+        ) from err
+
+
+def _segment_means(x: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:
+    """Each pixel's segment mean, per channel: segments (B, H, W) labels 0 .. d - 1."""
+    d = int(segments.max()) + 1
+    flat = segments.flatten(1)[:, None].expand(-1, x.shape[1], -1)  # (B, C, HW)
+    sums = x.new_zeros(x.shape[0], x.shape[1], d).scatter_add_(2, flat, x.flatten(2))
+    counts = torch.zeros(x.shape[0], 1, d, dtype=x.dtype, device=x.device).scatter_add_(
+        2, flat[:, :1], torch.ones_like(x[:, :1].flatten(2))
+    )
+    return (sums / counts.clamp(min=1)).gather(2, flat).view_as(x)

@@ -44,13 +44,12 @@ from typing import Any, Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from scipy.ndimage import gaussian_filter
 from scipy.sparse import coo_matrix
 from scipy.sparse.linalg import spsolve
 from torch import nn
 
-from camlens._perturb import perturbed_scores
+from camlens._perturb import Baseline, baseline, perturbed_scores
+from camlens._perturb import blur as blur_substrate  # RISE's blur, under the name this module has always exported
 from camlens._state import preserved
 from camlens.targets import RowScorer, _check_score_kind, class_ids, resolve_targets
 
@@ -68,7 +67,7 @@ __all__ = [
 ]
 
 MetricTargets = Union[None, int, Sequence[int], np.ndarray, torch.Tensor, Callable[[Any], torch.Tensor]]
-Substrate = Union[str, torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]
+Substrate = Baseline  # what removed pixels become: camlens._perturb.baseline
 
 # numpy >= 2 names it trapezoid (and 2.4 dropped trapz); numpy 1.24-1.26 (pyproject's floor) has only trapz
 try:
@@ -236,47 +235,6 @@ def _trapezoid(scores: np.ndarray, fractions: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------------------------------ deletion / insertion
 
 
-def blur_substrate(inputs: torch.Tensor, klen: int = 11, sigma: float = 5.0) -> torch.Tensor:
-    """RISE's insertion substrate: each channel convolved with an 11x11 Gaussian (sigma 5), zero padding.
-
-    Exactly RISE's ``evaluation.py``: ``nn.functional.conv2d(x, gkern(11, 5), padding=11 // 2)`` with the
-    kernel on the diagonal of the (C, C) channel block, i.e. a depthwise blur whose zero padding darkens
-    (pulls towards 0) a 5-pixel border.
-    """
-    channels = inputs.shape[1]
-    # RISE's gkern(klen, nsig): scipy's gaussian_filter of a centred delta (mode "reflect" folds the tails in)
-    delta = np.zeros((klen, klen))
-    delta[klen // 2, klen // 2] = 1
-    kernel = torch.as_tensor(gaussian_filter(delta, sigma), dtype=inputs.dtype, device=inputs.device)
-    with torch.no_grad():
-        return F.conv2d(inputs, kernel.expand(channels, 1, klen, klen), padding=klen // 2, groups=channels)
-
-
-def _substrate(inputs: torch.Tensor, substrate: Substrate) -> torch.Tensor:
-    if isinstance(substrate, str):
-        if substrate == "zeros":
-            return torch.zeros_like(inputs)
-        if substrate == "mean":
-            return inputs.mean(dim=(2, 3), keepdim=True).expand_as(inputs)
-        if substrate == "blur":
-            return blur_substrate(inputs)
-        raise ValueError(f"substrate={substrate!r} is not known; use 'zeros', 'blur', 'mean', a tensor or a callable")
-    if callable(substrate) and not isinstance(substrate, torch.Tensor):
-        with torch.no_grad():
-            substrate = substrate(inputs)
-        if not isinstance(substrate, torch.Tensor):
-            raise TypeError(f"a substrate callable must return a tensor, got {type(substrate).__name__}")
-    if not isinstance(substrate, torch.Tensor):
-        raise TypeError(f"substrate must be a name, a tensor or a callable, got {type(substrate).__name__}")
-    try:
-        return torch.broadcast_to(substrate.detach().to(inputs), inputs.shape)
-    except RuntimeError as err:
-        raise ValueError(
-            f"a substrate tensor of shape {tuple(substrate.shape)} does not broadcast to the inputs "
-            f"{tuple(inputs.shape)}; use (C, 1, 1), (C, H, W) or (B, C, H, W)"
-        ) from err
-
-
 def _causal_curve(
     model: nn.Module,
     inputs: torch.Tensor,
@@ -298,7 +256,7 @@ def _causal_curve(
         raise ValueError(f"steps must be an int between 1 and the number of pixels ({pixels}), got {steps!r}")
     _warn_if_training(model, f"{name}_curve")
     scorer = _row_scorer(model, inputs, targets, score, batch_size)
-    base = _substrate(inputs, substrate)
+    base = baseline(inputs, substrate, name="substrate")
     ranks = _ranks(maps)
     # Step k perturbs the first floor(k * N / S) pixels of the order: equal steps of whole pixels.
     counts = torch.tensor([k * pixels // steps for k in range(steps + 1)], device=inputs.device)
@@ -339,9 +297,10 @@ def deletion_curve(
     the N pixels are replaced by the substrate in every channel, and the target's score is recorded.
     AUC = trapezoid area under score against the fraction of pixels removed.
 
-    Substrate: ``"zeros"`` (default, RISE's deletion substrate: ``torch.zeros_like`` of the normalised
-    input, i.e. the mean colour for ImageNet-normalised inputs), ``"blur"`` (:func:`blur_substrate`),
-    ``"mean"`` (each image's per-channel mean), a tensor broadcastable to the inputs, or a callable
+    Substrate (:func:`camlens._perturb.baseline`, the one definition IG, LIME and occlusion use too):
+    ``"zeros"`` (default, RISE's deletion substrate: ``torch.zeros_like`` of the normalised input, i.e. the
+    mean colour for ImageNet-normalised inputs), ``"blur"`` (:func:`blur_substrate`), ``"mean"`` (each
+    image's per-channel mean), a number, a tensor broadcastable to the inputs, or a callable
     ``inputs -> tensor``.
 
     Where peers differ: RISE removes a fixed 224 pixels per step (``steps=224`` at 224x224 reproduces it)
@@ -393,7 +352,7 @@ def insertion_curve(
     against the fraction of pixels inserted.
 
     Substrate: ``"blur"`` (default, RISE's insertion substrate, :func:`blur_substrate`: Gaussian
-    kernel 11x11, sigma 5), ``"zeros"``, ``"mean"``, a tensor or a callable, as in :func:`deletion_curve`.
+    kernel 11x11, sigma 5), ``"zeros"``, ``"mean"``, a number, a tensor or a callable, as in :func:`deletion_curve`.
     torchcam's ``DeletionInsertionMetric`` starts insertion from the same baseline as deletion (zeros by
     default); pass ``substrate="zeros"`` to compare with it.
 
