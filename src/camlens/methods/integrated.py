@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from camlens import _perturb
+from camlens._perturb import Baseline, check_baseline
 from camlens.methods.base import Attribution, CAMMethod
 from camlens.methods.guided import input_gradients
 from camlens.registry import register
@@ -147,27 +149,6 @@ def _weighted_gradients(
     return Attribution(acc, scores.detach(), ids, output)
 
 
-def _baseline(x: torch.Tensor, baseline: str | float | torch.Tensor) -> torch.Tensor:
-    if isinstance(baseline, str):
-        if baseline == "zero":
-            return torch.zeros_like(x)
-        if baseline == "blur":
-            from camlens.metrics.faithfulness import blur_substrate  # scipy, loaded only when asked for
-
-            return blur_substrate(x.detach())
-        raise ValueError(f"baseline={baseline!r} is not known; use 'zero', 'blur', a number or a tensor")
-    if isinstance(baseline, (int, float)) and not isinstance(baseline, bool):
-        return torch.full_like(x, float(baseline))
-    if not isinstance(baseline, torch.Tensor):
-        raise TypeError(f"baseline must be 'zero', 'blur', a number or a tensor, got {type(baseline).__name__}")
-    try:
-        return torch.broadcast_to(baseline.detach().to(x), x.shape)
-    except RuntimeError as err:
-        raise ValueError(
-            f"a baseline of shape {tuple(baseline.shape)} does not broadcast to the inputs {tuple(x.shape)}"
-        ) from err
-
-
 @register("integrated-gradients")
 class IntegratedGradients(CAMMethod):
     """Integrated Gradients (Sundararajan et al. 2017): (x - x') * int_0^1 dS(x' + a (x - x'))/dx da.
@@ -177,10 +158,11 @@ class IntegratedGradients(CAMMethod):
         steps: quadrature points (50, as captum; the paper: 20 to 300 "within 5%" of completeness).
         rule: ``"gausslegendre"`` (default, as captum), ``"riemann_right"`` (the paper's eq. 3),
             ``"riemann_left"``, ``"riemann_middle"``, ``"riemann_trapezoid"``; see :func:`quadrature`.
-        baseline: x': ``"zero"`` (default: all zeros in the model's input space, the paper's black image
-            only for unnormalised inputs; the mean colour for ImageNet-normalised ones), ``"blur"`` (RISE's
-            11x11 sigma-5 Gaussian blur of the input, :func:`camlens.metrics.faithfulness.blur_substrate`),
-            a number, or a tensor broadcasting to the inputs.
+        baseline: x', any kind of :func:`camlens._perturb.baseline`: ``"zero"`` (default: all zeros in the
+            model's input space, the paper's black image only for unnormalised inputs; the mean colour for
+            ImageNet-normalised ones), ``"blur"`` (RISE's 11x11 sigma-5 Gaussian blur of the input),
+            ``"mean"`` (each image's mean colour), a number, a tensor broadcasting to the inputs, or a
+            callable ``inputs -> tensor``.
         batch_size: path points per forward + backward (rows of all images and steps, chunked).
         progress: tqdm bar; ``None`` shows it for 256 rows (images x steps) or more.
 
@@ -200,19 +182,18 @@ class IntegratedGradients(CAMMethod):
         *,
         steps: int = 50,
         rule: str = "gausslegendre",
-        baseline: str | float | torch.Tensor = "zero",
+        baseline: Baseline = "zero",
         batch_size: int = 16,
         progress: bool | None = None,
     ) -> None:
         super().__init__(model, layer)
         self._alphas, self._weights = quadrature(rule, steps)
-        if isinstance(baseline, str) and baseline not in ("zero", "blur"):
-            raise ValueError(f"baseline={baseline!r} is not known; use 'zero', 'blur', a number or a tensor")
+        check_baseline(baseline)
         self.steps, self.rule, self.baseline = steps, rule, baseline
         self.batch_size, self.progress = _positive_int(batch_size, "batch_size"), progress
 
     def pixels(self, x: torch.Tensor, targets: Targets) -> Attribution:
-        start = _baseline(x, self.baseline)
+        start = _perturb.baseline(x, self.baseline)
         diff = x.detach() - start
         alphas = self._alphas.to(device=x.device, dtype=x.dtype)
 
