@@ -32,7 +32,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from camlens._perturb import perturbed_scores
+from camlens import _perturb
+from camlens._perturb import Baseline, check_baseline, perturbed_scores
 from camlens.methods.base import Attribution, CAMMethod
 from camlens.registry import register
 from camlens.targets import RowScorer, Targets, _check_score_kind, resolve_targets
@@ -132,8 +133,10 @@ class Occlusion(_InputPerturbation):
         window: (h, w) or one int; clipped to the input's size (default 64: a square of about a quarter
             of a 224 x 224 input's side).
         stride: (sh, sw) or one int, at most the window (otherwise pixels would be left out); default 32.
-        baseline: what occluded pixels become: a float, or a tensor broadcastable to the inputs
-            (0: the data set's mean colour for ImageNet-normalised inputs, the paper's grey square).
+        baseline: what occluded pixels become, any kind of :func:`camlens._perturb.baseline`: a number
+            (default 0: the data set's mean colour for ImageNet-normalised inputs, the paper's grey square),
+            a tensor broadcastable to the inputs, ``"blur"``, ``"mean"`` (each image's mean colour) or a
+            callable ``inputs -> tensor``.
         score: ``"probability"`` or ``"logit"``.
         batch_size: occluded copies per forward.
         progress: tqdm bar; ``None`` shows it for 256 copies or more.
@@ -152,22 +155,21 @@ class Occlusion(_InputPerturbation):
         *,
         window: int | tuple[int, int] = 64,
         stride: int | tuple[int, int] = 32,
-        baseline: float | torch.Tensor = 0.0,
+        baseline: Baseline = 0.0,
         score: str = "probability",
         batch_size: int = 8,
         progress: bool | None = None,
     ) -> None:
         super().__init__(model, layer, score=score, batch_size=batch_size, progress=progress)
         self.window, self.stride = _pair("window", window), _pair("stride", stride)
-        if not isinstance(baseline, (int, float, torch.Tensor)) or isinstance(baseline, bool):
-            raise TypeError(f"baseline must be a float or a tensor, got {type(baseline).__name__}")
+        check_baseline(baseline)
         self.baseline = baseline
 
     def maps(self, x: torch.Tensor, output: Any, scorer: RowScorer) -> torch.Tensor:
         b, _, height, width = x.shape
         spans = [_windows(n, min(w, n), s) for n, w, s in zip((height, width), self.window, self.stride)]
         rows_in, cols_in = (torch.as_tensor(s, device=x.device) for s in spans)  # (P, 2) start, stop
-        base = torch.broadcast_to(torch.as_tensor(self.baseline, dtype=x.dtype, device=x.device), x.shape)
+        base = _perturb.baseline(x, self.baseline)
         py, px = len(rows_in), len(cols_in)
         owners = torch.arange(b, device=x.device).repeat_interleave(py * px)
         ys, xs = torch.arange(height, device=x.device), torch.arange(width, device=x.device)
@@ -342,9 +344,9 @@ class LIME(_InputPerturbation):
        (H, W) labels; or a (H, W) / (B, H, W) integer tensor of labels (e.g. segments of the photo).
     2. ``n_samples`` binary vectors z' in {0, 1}^d (:meth:`sample_matrix`: fair coins from a generator
        seeded with ``seed``, the first row all ones, the unperturbed input, as LIME does); segment j of
-       sample i is kept if z'_ij = 1 and replaced by ``baseline`` otherwise: ``"mean"`` (each segment's
-       mean colour, LIME's ``hide_color=None``), ``"blur"`` (RISE's Gaussian blur,
-       :func:`camlens.metrics.faithfulness.blur_substrate`), ``"zero"``, or a float.
+       sample i is kept if z'_ij = 1 and replaced by ``baseline`` otherwise (:func:`camlens._perturb.baseline`
+       of the superpixels): ``"mean"`` (each segment's mean colour, LIME's ``hide_color=None``), ``"blur"``
+       (RISE's Gaussian blur), ``"zero"``, a number, a tensor or a callable.
     3. Weights pi = sqrt(exp(-D^2 / kernel_width^2)), D = cosine distance of z' to the all-ones vector
        = 1 - sqrt(|z'| / d) (LIME's kernel, width 0.25).
     4. The weighted ridge regression of the K target scores on z' with an intercept, penalty ``alpha``
@@ -359,7 +361,7 @@ class LIME(_InputPerturbation):
         n_samples: perturbed samples per image (LIME: 1000).
         segmentation: ``"quickshift"``, ``"slic"``, a callable or label tensor (see 1.).
         segmentation_options: keyword arguments of the scikit-image function.
-        baseline: ``"mean"``, ``"blur"``, ``"zero"`` or a float (see 2.).
+        baseline: ``"mean"``, ``"blur"``, ``"zero"``, a number, a tensor or a callable (see 2.).
         kernel_width: LIME's 0.25.
         alpha: ridge penalty (LIME's 1).
         seed: seed of the sample matrix, the same for every sample.
@@ -380,7 +382,7 @@ class LIME(_InputPerturbation):
         n_samples: int = 1000,
         segmentation: Segmentation = "quickshift",
         segmentation_options: dict[str, Any] | None = None,
-        baseline: str | float = "mean",
+        baseline: Baseline = "mean",
         kernel_width: float = 0.25,
         alpha: float = 1.0,
         seed: int = 0,
@@ -400,10 +402,7 @@ class LIME(_InputPerturbation):
             _require_skimage()
         self.segmentation = segmentation
         self.segmentation_options = dict(segmentation_options or {})
-        if isinstance(baseline, str) and baseline not in ("mean", "blur", "zero"):
-            raise ValueError(f"baseline must be 'mean', 'blur', 'zero' or a float, got {baseline!r}")
-        if not isinstance(baseline, (str, int, float)) or isinstance(baseline, bool):
-            raise TypeError(f"baseline must be 'mean', 'blur', 'zero' or a float, got {type(baseline).__name__}")
+        check_baseline(baseline)
         self.baseline = baseline
         if not kernel_width > 0 or not alpha >= 0:
             raise ValueError(f"kernel_width must be > 0 and alpha >= 0, got {kernel_width!r} and {alpha!r}")
@@ -457,28 +456,12 @@ class LIME(_InputPerturbation):
         z[0] = 1
         return z
 
-    def _hidden(self, x: torch.Tensor, labels: torch.Tensor, d: int) -> torch.Tensor:
-        """What switched-off segments become: (B, C, H, W)."""
-        if self.baseline == "mean":
-            flat = labels.flatten(1)[:, None].expand(-1, x.shape[1], -1)  # (B, C, HW)
-            sums = x.new_zeros(x.shape[0], x.shape[1], d).scatter_add_(2, flat, x.flatten(2))
-            counts = torch.zeros(x.shape[0], 1, d, dtype=x.dtype, device=x.device).scatter_add_(
-                2, flat[:, :1], torch.ones_like(x[:, :1].flatten(2))
-            )
-            return (sums / counts.clamp(min=1)).gather(2, flat).view_as(x)
-        if self.baseline == "blur":
-            from camlens.metrics.faithfulness import blur_substrate
-
-            return blur_substrate(x)
-        value = 0.0 if self.baseline == "zero" else float(self.baseline)
-        return torch.full_like(x, value)
-
     def maps(self, x: torch.Tensor, output: Any, scorer: RowScorer) -> torch.Tensor:
         b, n = x.shape[0], self.n_samples
         labels = self.segments(x)  # (B, H, W)
         counts = [int(labels[i].max()) + 1 for i in range(b)]
         d = max(counts)
-        hidden = self._hidden(x, labels, d)
+        hidden = _perturb.baseline(x, self.baseline, segments=labels)  # what switched-off segments become
         designs = x.new_zeros(b, n, d, dtype=torch.bool)
         for i, count in enumerate(counts):
             z = self.sample_matrix(count, torch.Generator().manual_seed(self.seed))
