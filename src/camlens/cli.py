@@ -141,7 +141,9 @@ def _model_args(p: argparse.ArgumentParser, with_model: bool = True) -> None:
         )
     p.add_argument("--weights", help="state-dict file for the model (loaded with weights_only=True)")
     p.add_argument(
-        "--random-weights", action="store_true", help="built-in, torchvision and timm models: untrained weights, on purpose"
+        "--random-weights",
+        action="store_true",
+        help="built-in, torchvision and timm models: untrained weights, on purpose",
     )
     p.add_argument(
         "--trust-model-file",
