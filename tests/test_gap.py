@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 import camlens
+import camlens.geometry
 from camlens import gap
 from tests import nets
 
@@ -311,7 +312,7 @@ def test_finetune_accepts_a_dataset_and_cam_then_finds_the_object() -> None:
     for i, per_target in enumerate(exp.boxes(0.5)):
         box = per_target[0]
         r, c = corners[i].tolist()
-        assert box is not None and camlens.localize.iou(box, (c, r, c + 4, r + 4)) > 0.3, (i, box, (c, r))
+        assert box is not None and camlens.geometry.iou(box, (c, r, c + 4, r + 4)) > 0.3, (i, box, (c, r))
 
 
 def test_converted_copy_is_independent_of_the_original() -> None:
