@@ -520,7 +520,7 @@ def test_layers_command_marks_the_transformer_layer(monkeypatch: pytest.MonkeyPa
         size = 16
 
     monkeypatch.setattr(cli, "_bundle", lambda args, spec: Bundle())
-    assert cli.main(["layers", "--model", "tiny"]) == 0
+    assert cli.main(["layers", "tiny"]) == 0
     lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
     assert lines["blocks.1.norm1"].split() == ["blocks.1.norm1", "12x4x4", "(tokens", "17x12)", "<-", "default"]
     assert lines["proj"].split() == ["proj", "12x4x4"]  # the patch embedding is a grid, not the default
@@ -534,7 +534,7 @@ def test_layers_command_on_swin(monkeypatch: pytest.MonkeyPatch, capsys, swin_t:
         size = 224
 
     monkeypatch.setattr(cli, "_bundle", lambda args, spec: Bundle())
-    assert cli.main(["layers", "--model", "swin"]) == 0
+    assert cli.main(["layers", "swin"]) == 0
     lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
     assert lines["norm"].endswith("768x7x7  (channels-last 7x7x768)  <- default")
     assert lines["features.7"].endswith("768x7x7  (channels-last 7x7x768)")
