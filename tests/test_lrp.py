@@ -119,7 +119,8 @@ def test_epsilon_absorbs_relevance_as_the_rule_says() -> None:
 # ---------------------------------------------------------------- zennit
 
 
-def _randomise_batch_norms(model: nn.Module, seed: int = 0) -> nn.Module:
+def _randomise_batch_norms(model: nn.Module, seed: int = 0, eps: float | None = 0.0) -> nn.Module:
+    """Random statistics and affine parameters (else folding is a no-op); ``eps`` (None: kept) see above."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for m in model.modules():
@@ -129,11 +130,13 @@ def _randomise_batch_norms(model: nn.Module, seed: int = 0) -> nn.Module:
                 m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
                 m.weight.copy_(torch.rand(n, generator=g) + 0.5)
                 m.bias.copy_(torch.randn(n, generator=g) * 0.1)
-                m.eps = 0.0  # see the module docstring: zennit's merged batch norm divides by sqrt(1 + eps)
+                if eps is not None:  # see the module docstring: zennit's merged batch norm divides by sqrt(1 + eps)
+                    m.eps = eps
     return model.eval()
 
 
 def _zennit_relevance(model: nn.Module, x: torch.Tensor, method: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """zennit's relevance for the top-1 class, one-hot x logit at the output; and the class ids."""
     from zennit.composites import EpsilonAlpha2Beta1, EpsilonGammaBox, EpsilonPlus, EpsilonPlusFlat
     from zennit.torchvision import ResNetCanonizer, VGGCanonizer
 

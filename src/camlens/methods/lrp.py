@@ -520,6 +520,8 @@ _UNTREATED: dict[Any, tuple[str, tuple[type[nn.Module], ...]]] = {
     F.multi_head_attention_forward: ("attention", (nn.MultiheadAttention,)),
     F.scaled_dot_product_attention: ("attention", ()),
     F.softmax: ("softmax", (nn.Softmax,)),
+    torch.softmax: ("softmax", (nn.Softmax,)),
+    torch.Tensor.softmax: ("softmax", (nn.Softmax,)),
 }
 _SUPPORTED = (
     "Conv1d/2d/3d, Linear, BatchNorm (folded into the layer before it), ReLU, ReLU6, Hardtanh, LeakyReLU, "
@@ -781,7 +783,7 @@ class LRPEpsilonAlpha2Beta1(_LRPMethod):
 
 @register("lrp")
 class LRP(_LRPMethod):
-    """LRP with any composite or rules; by default ``epsilon-plus-flat`` (Kohlbrenner et al. 2020's recommendation).
+    """LRP with any composite or rules; by default ``epsilon-plus-flat`` (the shape Kohlbrenner et al. 2020 recommend).
 
     ``composite`` names a composite (``epsilon-plus``, ``epsilon-plus-flat``, ``epsilon-gamma-box``,
     ``epsilon-alpha2-beta1``); ``conv``, ``linear``, ``first`` replace its rule for convolutions, dense
