@@ -386,3 +386,15 @@ def test_every_registered_name_ignores_case_and_separators(method: str) -> None:
 def test_method_of_the_wrong_type_is_a_type_error(method: Any, model: nn.Module, x: torch.Tensor) -> None:
     with pytest.raises(TypeError, match="method"):
         camlens.explain(model, x, method=method)
+
+
+def test_ids_made_under_inference_mode_work_with_gradient_methods() -> None:
+    import camlens
+    from tests.nets import GapNet
+
+    model, x = GapNet().eval(), torch.rand(2, 3, 16, 16)
+    with torch.inference_mode():
+        ids = torch.tensor([[1], [3]])
+    exp = camlens.explain(model, x, method="gradcam", targets=ids)
+    assert exp.targets is not None and exp.targets.tolist() == [[1], [3]]
+    assert torch.equal(exp.raw, camlens.explain(model, x, method="gradcam", targets=[[1], [3]]).raw)

@@ -181,6 +181,8 @@ def resolve_targets(targets: Targets, output: Any) -> tuple[torch.Tensor, torch.
     if callable(targets) and not isinstance(targets, torch.Tensor):
         return _callable_scores(targets, output, _batch_size(output)), None
     logits = _class_output(output)
+    if isinstance(targets, torch.Tensor) and targets.is_inference() and not torch.is_inference_mode_enabled():
+        targets = targets.clone()  # ids made under inference mode cannot take part in a backward; a copy can
     ids = _ids_from_spec(targets, logits)
     return logits.gather(1, ids), ids
 

@@ -221,9 +221,11 @@ class GuidedGradCAM(CAMMethod):
     needs_gradients: ClassVar[bool] = True
     explains_pixels: ClassVar[bool] = True
 
-    def __init__(self, model: nn.Module, layer: Any = None, *, counterfactual: bool = False) -> None:
+    def __init__(
+        self, model: nn.Module, layer: Any = None, *, counterfactual: bool = False, reshape: Any = None
+    ) -> None:
         super().__init__(model)
-        self.gradcam = GradCAM(model, layer, counterfactual=counterfactual)
+        self.gradcam = GradCAM(model, layer, counterfactual=counterfactual, reshape=reshape)
         self.guided = GuidedBackprop(model, counterfactual=counterfactual)
 
     def pixels(self, x: torch.Tensor, targets: Targets) -> Attribution:
