@@ -358,6 +358,13 @@ def test_out_of_range_flags_are_one_line(
     assert not (tmp_path / "o").exists()  # nothing written for a refused command
 
 
+def test_flags_are_never_abbreviated(capsys: pytest.CaptureFixture[str]) -> None:
+    # `layers` takes the model as an argument; `--model` must not silently become `--model-arg`
+    with pytest.raises(SystemExit) as stop:
+        main(["layers", "--model", "efficientnet_lite0"])
+    assert stop.value.code == 2 and "unrecognized arguments: --model" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------------------------ SIGINT
 
 

@@ -128,6 +128,9 @@ def _parser() -> argparse.ArgumentParser:
     wsol.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     sub.add_parser("methods", help="list the registered methods")
     sub.add_parser("demo", help="same as `camlens explain --demo`")
+    # no abbreviations: `camlens layers --model X` must be an error, not a silent --model-arg X
+    for p in [parser, *sub.choices.values(), *bench_sub.choices.values()]:
+        p.allow_abbrev = False
     return parser
 
 
