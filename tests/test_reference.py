@@ -89,7 +89,8 @@ Reference = Callable[[nn.Module, torch.Tensor, nn.Module, int, torch.Tensor, Cas
 
 class Variant(NamedTuple):
     """One method call and its reference. ``view``: "layer" (``raw`` is the reference's layer map), "pixels"
-    (``pixels`` is the reference's (B, K, C, H, W) and ``raw`` its max over channels of |.|) or "signed" (the
+    (``pixels`` is the reference's (B, K, C, H, W) and ``raw`` its max over channels of |.|), "relevance" (the
+    same ``pixels``, ``raw`` their sum over channels: LRP's heatmap) or "signed" (the
     reference is one signed map per pixel (B, K, H, W): ``raw`` itself, ``pixels`` it in every channel)."""
 
     method: str
@@ -268,28 +269,28 @@ NEW_VARIANTS = [
         "signed",
     ),
     # layer-wise relevance propagation: zennit's four composites and rule objects
-    Variant("lrp", {}, _lrp("epsilon-plus-flat"), "pixels"),
+    Variant("lrp", {}, _lrp("epsilon-plus-flat"), "relevance"),
     Variant(
         "lrp",
         {"composite": "epsilon-gamma-box", "first": WSquare(), "linear": Epsilon(0.25)},
         _lrp("epsilon-gamma-box", first=WSquare(), linear=Epsilon(0.25)),
-        "pixels",
+        "relevance",
     ),
-    Variant("lrp-epsilon-plus", {}, _lrp("epsilon-plus"), "pixels"),
-    Variant("lrp-epsilon-plus-flat", {"epsilon": 0.1}, _lrp("epsilon-plus-flat", epsilon=0.1), "pixels"),
+    Variant("lrp-epsilon-plus", {}, _lrp("epsilon-plus"), "relevance"),
+    Variant("lrp-epsilon-plus-flat", {"epsilon": 0.1}, _lrp("epsilon-plus-flat", epsilon=0.1), "relevance"),
     Variant(
-        "lrp-epsilon-gamma-box", {"low": -3.0, "high": 3.0}, _lrp("epsilon-gamma-box", low=-3.0, high=3.0), "pixels"
+        "lrp-epsilon-gamma-box", {"low": -3.0, "high": 3.0}, _lrp("epsilon-gamma-box", low=-3.0, high=3.0), "relevance"
     ),
     Variant(
         "lrp-epsilon-gamma-box",
         {"gamma": 0.5, "low": [-2.0, -2.5, -3.0], "high": [2.0, 2.5, 3.0]},
         _lrp("epsilon-gamma-box", gamma=0.5, low=[-2.0, -2.5, -3.0], high=[2.0, 2.5, 3.0]),
-        "pixels",
+        "relevance",
     ),
     # the default bounds: lrp.py computes the ImageNet bounds in float32 (-mean / std of float32 tensors), which
     # moves the map by ~4e-8 of its max against the float64 bounds; the float64 bounds above match to 1e-10
-    Variant("lrp-epsilon-gamma-box", {}, _lrp("epsilon-gamma-box"), "pixels", rtol=1e-6),
-    Variant("lrp-epsilon-alpha2-beta1", {}, _lrp("epsilon-alpha2-beta1"), "pixels"),
+    Variant("lrp-epsilon-gamma-box", {}, _lrp("epsilon-gamma-box"), "relevance", rtol=1e-6),
+    Variant("lrp-epsilon-alpha2-beta1", {}, _lrp("epsilon-alpha2-beta1"), "relevance"),
 ]
 
 
@@ -366,7 +367,8 @@ def test_method_matches_paper_literal_reference(net: str, variant: Variant) -> N
             assert_maps_close(exp.pixels, expected[:, :, None].expand_as(exp.pixels), rtol)
         else:
             assert_maps_close(exp.pixels.flatten(2, 3), expected.flatten(2, 3), rtol)
-            expected = ref.max_abs_over_channels(expected)
+            # LRP's heatmap is the relevance summed over channels, signed; the others show max_c |.|
+            expected = expected.sum(2) if view == "relevance" else ref.max_abs_over_channels(expected)
     assert_maps_close(exp.raw, expected, rtol)
 
 

@@ -750,7 +750,10 @@ class _LRPMethod(CAMMethod):
         self.composite = _composite(self.composite_name, epsilon, stabilizer, gamma, low, high)
 
     def pixels(self, x: torch.Tensor, targets: Targets) -> Attribution:
-        return Attribution(*lrp_relevance(self.model, x, targets, self.composite, self.stabilizer, self.name))
+        pixels, scores, ids, output = lrp_relevance(self.model, x, targets, self.composite, self.stabilizer, self.name)
+        # the LRP heatmap is the relevance summed over colour channels, signed (Bach et al. 2015, Fig. 1;
+        # zennit's heatmaps): negative relevance speaks against the class and must not read as for it
+        return Attribution(pixels, scores, ids, output, raw=pixels.sum(2))
 
 
 @register("lrp-epsilon-plus")
