@@ -93,3 +93,42 @@ def test_gapify_corrupt_image_is_one_line_naming_it(tmp_path: Path, capsys: pyte
 def test_bench_needs_a_name(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench"]) == 2
     assert "camlens bench wsol" in capsys.readouterr().err
+
+
+def test_gapify_with_local_weights_needs_no_trust(tmp_path: Path) -> None:
+    """A torchvision model with --weights is rebuilt from its name: the checkpoint is weights only."""
+    import torchvision
+    from PIL import Image
+
+    from camlens import gap, zoo
+    from camlens.cli import main
+
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "r18.pth")
+    for cls in ("a", "b"):
+        (tmp_path / "data" / cls).mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (40, 40), (60 * i, 100, 200 if cls == "a" else 20)).save(
+                tmp_path / "data" / cls / f"{i}.png"
+            )
+    ckpt = tmp_path / "gap.pt"
+    argv = ["gapify", "--model", "torchvision:resnet18", "--weights", str(tmp_path / "r18.pth"), "--data"]
+    assert (
+        main(
+            [
+                *argv,
+                str(tmp_path / "data"),
+                "--epochs",
+                "1",
+                "--channels",
+                "8",
+                "--image-size",
+                "64",
+                "--out",
+                str(ckpt),
+            ]
+        )
+        == 0
+    )
+    assert not gap.checkpoint_needs_trust(ckpt)
+    bundle = zoo.load_model(str(ckpt))  # no trust=True
+    assert bundle.classes == ["a", "b"]

@@ -672,7 +672,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _gapify(args: argparse.Namespace) -> int:
-    from camlens import gap
+    from camlens import gap, zoo
 
     data = Path(args.data)
     if not data.is_dir():
@@ -703,7 +703,9 @@ def _gapify(args: argparse.Namespace) -> int:
             channels=args.channels or None,
             drop_last_pool=not args.keep_last_pool,
             input_size=(3, size, size),
-            source=args.model if (args.model.startswith("torchvision:") and not args.weights) else None,
+            # torchvision and built-in architectures are rebuilt from their name (the checkpoint holds every
+            # weight, --weights included), so the checkpoint stays weights-only: no trust needed to load it
+            source=args.model if (args.model.startswith("torchvision:") or args.model in zoo.BUILTIN) else None,
             seed=args.seed,
         )
         history = gap.finetune(
