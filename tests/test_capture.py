@@ -274,6 +274,9 @@ def test_a_model_without_spatial_layers(method: str) -> None:
             warnings.simplefilter("ignore")
             with pytest.raises(ValueError, match=r"no module of the model returns a 4-D .*pass layer="):
                 camlens.explain(mlp, nets.inputs(2, 8), method=method)
+    elif method == "lrp-epsilon-gamma-box":  # z-box's default bounds are per colour channel of an image
+        with pytest.raises(ValueError, match=r"first layer's input has 192 channels; pass low="):
+            camlens.explain(mlp, nets.inputs(2, 8), method=method)
     else:  # input gradients need no layer (guided rules warn that there is no ReLU to apply them to)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
