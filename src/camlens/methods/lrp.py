@@ -291,6 +291,21 @@ class _Node:
         raise NotImplementedError
 
 
+class _Refuse(torch.autograd.Function):
+    """Identity in the forward; in the backward, the untreated operation's ValueError if relevance arrives."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, message: str) -> torch.Tensor:
+        ctx.message = message
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> Any:
+        if bool(grad.ne(0).any()):
+            raise ValueError(ctx.message)
+        return grad, None
+
+
 class _Apply(torch.autograd.Function):
     """Forward: the node's operator. Backward: the node's relevance rule."""
 
@@ -601,10 +616,13 @@ class _Interceptor(TorchFunctionMode):
             if mode == "constant" and not value and self._in_graph(args[0]):
                 self.padded[id(out)] = (weakref.ref(out), list(kwargs.get("pad", args[1] if len(args) > 1 else ())))
             return out
-        if func in _UNTREATED:
-            raise self._untreated(func)
-        if func in _PRODUCTS and sum(self._in_graph(a) for a in args) >= 2:
-            raise self._untreated(func)
+        if func in _UNTREATED or (func in _PRODUCTS and sum(self._in_graph(a) for a in args) >= 2):
+            out = func(*args, **kwargs)
+            # refused only if relevance reaches it: a head the target does not read (a detector's box
+            # branch with tanh / sigmoid) is fine, the path of the explained score is not
+            if isinstance(out, torch.Tensor) and any(self._in_graph(a) for a in args):
+                return _Refuse.apply(out, str(self._untreated(func)))
+            return out
         return func(*args, **kwargs)
 
     def _linear(self, func: Any, args: Any, kwargs: dict[str, Any]) -> Any:
