@@ -2,6 +2,8 @@
 
     python benchmarks/run_sanity_lite0.py          # full run: docs/sanity.md (generated part) and docs/img/sanity_*
     python benchmarks/run_sanity_lite0.py --quick  # 3 methods, 3 blocks: prints only
+    python benchmarks/run_sanity_lite0.py --methods rise,lime --no-doc  # some methods: JSON only
+    python benchmarks/run_sanity_lite0.py --merge-doc benchmarks/results/sanity_lite0.json  # their rows into the doc
 
 What it does (docs/sanity.md repeats it next to the numbers):
 
@@ -10,11 +12,16 @@ What it does (docs/sanity.md repeats it next to the numbers):
 * every registered method, its default layer, top-1 class ids of the trained model;
 * cascading randomisation over the default blocks (19: ``_fc``, head conv+bn, 16 MBConv blocks,
   stem conv+bn), ``init="reset"``, ``bn="reset"``, seed 0; Score-CAM (one forward pass per channel,
-  1280 channels, about 30 s per map on a busy core) on chelsea only and in 6 coarser steps (classifier,
-  head, MBConv blocks 15-11, 10-4, 3-0, stem);
-* robustness tables (all methods but Score-CAM): seeds 1 and 2, ``bn="recalibrate"``; and independent
-  randomisation of single blocks for Grad-CAM, saliency and guided backprop;
-* ``torch.set_num_threads(1)``.
+  1280 channels, about 30 s per map on a busy core), RISE and LIME (hundreds of forward passes per map)
+  on chelsea only and in 6 coarser steps (classifier, head, MBConv blocks 15-11, 10-4, 3-0, stem);
+* the sampling methods with fewer samples than their defaults (``OPTIONS``: Integrated Gradients 12
+  steps, SmoothGrad and guided SmoothGrad 12 samples, RISE 300 masks, LIME 200 samples); every map of
+  one check uses the same seeded noise / masks / samples, so only the weights differ;
+* robustness tables (all methods but those in ``SEED0_ONLY``: Score-CAM, the sampling methods,
+  occlusion, and ``lrp``, which is ``lrp-epsilon-plus-flat`` by default): seeds 1 and 2,
+  ``bn="recalibrate"``; and independent randomisation of single blocks for Grad-CAM, saliency and
+  guided backprop;
+* ``torch.set_num_threads(1)``; every number also goes to benchmarks/results/sanity_lite0.json.
 """
 
 from __future__ import annotations
@@ -40,7 +47,20 @@ DOCS = ROOT / "docs" / "sanity.md"
 IMG = ROOT / "docs" / "img"
 BEGIN, END = "<!-- run_sanity_lite0.py: generated, begin -->", "<!-- run_sanity_lite0.py: generated, end -->"
 THRESHOLD = 0.5
-SLOW = {"scorecam"}  # one forward pass per channel (1280): chelsea only, 6 coarser steps
+SLOW = {"scorecam", "rise", "lime"}  # hundreds of forward passes per map: chelsea only, 6 coarser steps
+# fewer samples than the defaults (50 steps / 50 samples / 4000 masks / 1000 samples): the check recomputes
+# the map at every step
+OPTIONS: dict[str, dict[str, Any]] = {
+    "integrated-gradients": {"steps": 12},
+    "smoothgrad": {"samples": 12},
+    "smoothgrad-guided": {"samples": 12},
+    "rise": {"n_masks": 300},
+    "lime": {"n_samples": 200},
+}
+# seed 0 only (not in the seed and BatchNorm tables): the slow and the sampling methods
+# (lrp: by default the same rules as lrp-epsilon-plus-flat)
+SEED0_ONLY = SLOW | {"integrated-gradients", "smoothgrad", "smoothgrad-guided", "occlusion", "lrp"}
+RESULTS = ROOT / "benchmarks" / "results" / "sanity_lite0.json"
 
 
 def coarse(blocks: list[tuple[str, ...]]) -> list[tuple[str, ...]]:
@@ -81,7 +101,7 @@ def run(methods: list[str], x: torch.Tensor, quick: bool, **kwargs: Any) -> dict
     for method in methods:
         batch, steps = (x[:1], blocks if quick else coarse(blocks)) if method in SLOW else (x, blocks)
         t = time.perf_counter()
-        results[method] = sanity_check(model, batch, method, blocks=steps, **kwargs)
+        results[method] = sanity_check(model, batch, method, blocks=steps, **kwargs, **OPTIONS.get(method, {}))
         r = results[method]
         print(
             f"{method:16s} {time.perf_counter() - t:6.1f}s  spearman {r.mean()[-1]:+.2f}  "
@@ -203,10 +223,164 @@ def logit_scales(x: torch.Tensor) -> dict[str, float]:
     return scales
 
 
+def _curves(r: SanityResult) -> dict[str, Any]:
+    """Per step (``layers``): the mean of each metric over the samples, and the fraction of blank maps."""
+    out: dict[str, Any] = {"layers": list(r.layers)}
+    for metric in ("spearman", "spearman_abs", "spearman_signed", "ssim"):
+        if getattr(r, metric) is not None:
+            out[f"curve_{metric}"] = [float(v) for v in r.mean(metric)]
+    if r.blank is not None:
+        out["curve_blank_fraction"] = [float(b.mean()) for b in r.blank]
+    return out
+
+
+def write_json(
+    path: Path,
+    start: float,
+    load0: str,
+    top1: list[int],
+    classes: list[str],
+    base: dict[str, SanityResult],
+    by_seed: dict[int, dict[str, SanityResult]],
+    recal: dict[str, SanityResult],
+    indep: dict[str, SanityResult],
+    scales: dict[str, float],
+) -> None:
+    """Every number of the generated tables (and the per-step curves) as JSON."""
+    import json
+
+    from bench_core import machine
+
+    def entry(r: SanityResult) -> dict[str, Any]:
+        return {**r.summary(THRESHOLD), "options": OPTIONS.get(r.method, {}), **_curves(r)}
+
+    results = {
+        "command": "python benchmarks/run_sanity_lite0.py" + "".join(" " + a for a in sys.argv[1:]),
+        "date": f"{dt.datetime.now():%Y-%m-%d %H:%M}",
+        "minutes": round((time.perf_counter() - start) / 60, 2),
+        "machine": {**machine(), "threads": torch.get_num_threads(), "load_start": load0, "load_end": load()},
+        "model": "efficientnet_lite0 (ImageNet weights)",
+        "photos": {"chelsea": classes[top1[0]], "coffee": classes[top1[1]]},
+        "threshold": THRESHOLD,
+        "init": "reset",
+        "cascading_seed0_bn_reset": {m: entry(r) for m, r in base.items()},
+        "final_spearman_by_seed": {
+            str(s): {m: float(r.mean()[-1]) for m, r in res.items()} for s, res in by_seed.items()
+        },
+        "bn_recalibrate": {m: entry(r) for m, r in recal.items()},
+        "independent": {m: entry(r) for m, r in indep.items()},
+        "largest_abs_logit": scales,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=1) + "\n")
+
+
+_ORDER = ["_fc", "_conv_head", *(f"_blocks.{i}" for i in range(15, -1, -1)), "_conv_stem"]
+_INDEX = {**{n: i for i, n in enumerate(_ORDER)}, "_bn1": 1, "_bn0": len(_ORDER) - 1}
+
+
+def _mark(fraction: float | None) -> str:
+    return "" if not fraction else ("†" if fraction >= 1 else "*")
+
+
+def _curve_row(name: str, e: dict[str, Any], metric: str) -> str:
+    cells = [""] * len(_ORDER)
+    blank = e.get("curve_blank_fraction") or [None] * len(e["layers"])
+    for label, value, b in zip(e["layers"], e[f"curve_{metric}"], blank):
+        cells[max(_INDEX[n] for n in label.split("+"))] = f"{value:.2f}{_mark(b)}"
+    return f"| {name} | " + " | ".join(cells) + " |"
+
+
+def merge_doc(path: Path, tag: str) -> None:
+    """Append the rows of a ``--methods ... --no-doc`` run (its JSON) to the generated tables of docs/sanity.md.
+
+    Each appended row's method is followed by ``tag`` (e.g. ``(run 2)``), so the doc says which run a row
+    comes from; the header of the block keeps the full run's command and date, and gets one line for this run.
+    """
+    import json
+
+    doc = json.loads(path.read_text())
+    base, recal, seeds = doc["cascading_seed0_bn_reset"], doc["bn_recalibrate"], doc["final_spearman_by_seed"]
+    text = DOCS.read_text()
+    head, rest = text.split(BEGIN, 1)
+    block, tail = rest.split(END, 1)
+    lines = block.split("\n")
+
+    def main_row(m: str, e: dict[str, Any]) -> str:
+        changes = f"`{short(e['changes_at'])}`" if e["changes_at"] else "never"
+        return (
+            f"| {m} {tag} | `{e['layer']}` | {e['samples']} | {fmt(e['curve_spearman'][0])} | {changes} "
+            f"| {fmt(e['spearman'])} | {fmt(e.get('spearman_abs'))} | {fmt(e.get('spearman_signed'))} "
+            f"| {fmt(e.get('ssim'))} | {e['blank']:.0%} | {'**pass**' if e['passed'] else '**FAIL**'} "
+            f"| {e['seconds']:.0f} |"
+        )
+
+    def verdict(v: float) -> str:
+        return "pass" if v < THRESHOLD else "FAIL"
+
+    def at(e: dict[str, Any]) -> str:
+        return f"`{short(e['changes_at'])}`" if e["changes_at"] else "never"
+
+    new_rows: list[list[str]] = []
+    curve_tables = 0
+    tables: list[tuple[int, list[str]]] = []  # (index of the header line, rows to append)
+    for i, line in enumerate(lines):
+        if line.startswith("| method | layer | photos |"):
+            tables.append((i, [main_row(m, e) for m, e in base.items()]))
+        elif line.startswith("| method | fc | head |"):
+            curve_tables += 1
+            if curve_tables <= 2:
+                metric = "spearman" if curve_tables == 1 else "spearman_abs"
+                tables.append((i, [_curve_row(f"{m} {tag}", e, metric) for m, e in base.items()]))
+        elif line.startswith("| method | final Spearman, seed"):
+            rows = []
+            for m in recal:
+                values = [seeds[k][m] for k in sorted(seeds)]
+                rows.append(
+                    f"| {m} {tag} | "
+                    + " | ".join(f"{v:.2f}" for v in values)
+                    + f" | {', '.join(verdict(v) for v in values)} |"
+                )
+            tables.append((i, rows))
+        elif line.startswith("| method | final Spearman, bn=reset"):
+            rows = []
+            for m, r in recal.items():
+                b = base[m]
+                same = "yes" if b["passed"] == r["passed"] else "**no**"
+                rows.append(f"| {m} {tag} | {b['spearman']:.2f} | {r['spearman']:.2f} | {at(b)} | {at(r)} | {same} |")
+            tables.append((i, rows))
+    for i, rows in reversed(tables):
+        end = i + 2
+        while end < len(lines) and lines[end].startswith("|"):
+            end += 1
+        lines[end:end] = rows
+        new_rows.append(rows)
+    machine_ = doc["machine"]
+    note = (
+        f"Rows marked {tag}: `{doc['command']}` ({doc['minutes']:.1f} min with one thread), {doc['date']}, "
+        f"{machine_['cpu']}, nproc {machine_['nproc']}, load average {machine_['load_start']} at start, "
+        f"{machine_['load_end']} at end; merged into these tables by "
+        f"`python benchmarks/run_sanity_lite0.py --merge-doc benchmarks/results/{path.name}`. "
+        "All other rows: the full run above."
+    )
+    first_table = tables[0][0]
+    lines[first_table:first_table] = [note, ""]
+    DOCS.write_text(head + BEGIN + "\n".join(lines) + END + tail)
+    print(f"merged {sum(len(r) for r in new_rows)} rows into {DOCS}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="3 methods, 3 blocks, no files written")
+    parser.add_argument("--methods", help="comma-separated subset of the registered methods (default: all)")
+    parser.add_argument("--no-doc", action="store_true", help="write the JSON only, not docs/sanity.md or the figures")
+    parser.add_argument("--json", default=str(RESULTS), help=f"JSON file to write (default {RESULTS})")
+    parser.add_argument("--merge-doc", metavar="JSON", help="append a --no-doc run's rows to docs/sanity.md")
+    parser.add_argument("--tag", default="(run 2)", help="what --merge-doc writes after each appended method")
     args = parser.parse_args()
+    if args.merge_doc:
+        merge_doc(Path(args.merge_doc), args.tag)
+        return
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
     start, load0 = time.perf_counter(), load()
@@ -217,6 +391,8 @@ def main() -> None:
         top1 = zoo.efficientnet_lite0()(x).argmax(1).tolist()
     print("top-1:", [classes[i] for i in top1])
     methods = ["gradcam", "saliency", "guided-backprop"] if args.quick else camlens.methods()
+    if args.methods:
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     progress = sys.stderr.isatty()
     base = run(methods, x, args.quick, progress=progress)
     if args.quick:
@@ -225,12 +401,19 @@ def main() -> None:
     by_seed = {0: base}
     for seed in (1, 2):
         print(f"seed {seed}", flush=True)
-        by_seed[seed] = run([m for m in methods if m not in SLOW], x, False, seed=seed, progress=progress)
+        by_seed[seed] = run([m for m in methods if m not in SEED0_ONLY], x, False, seed=seed, progress=progress)
     print("bn=recalibrate", flush=True)
-    recal = run([m for m in methods if m not in SLOW], x, False, bn="recalibrate", progress=progress)
+    recal = run([m for m in methods if m not in SEED0_ONLY], x, False, bn="recalibrate", progress=progress)
     print("independent", flush=True)
-    indep = run(["gradcam", "saliency", "guided-backprop"], x, False, mode="independent", progress=progress)
+    indep_methods = [m for m in ("gradcam", "saliency", "guided-backprop") if m in methods]
+    indep = run(indep_methods, x, False, mode="independent", progress=progress)
     scales = logit_scales(x)
+    write_json(Path(args.json), start, load0, top1, classes, base, by_seed, recal, indep, scales)
+    if args.no_doc:
+        print(f"wrote {args.json} in {(time.perf_counter() - start) / 60:.1f} min")
+        for line in main_table(base):
+            print(line)
+        return
     IMG.mkdir(parents=True, exist_ok=True)
     figure = shrink(plot_results(list(base.values()), IMG / "sanity_lite0_cascading.png", images=images))
     single = shrink(base["gradcam"].plot(IMG / "sanity_lite0_gradcam.png", images=images))
@@ -250,7 +433,10 @@ def main() -> None:
         f"(top-1: {classes[top1[1]]}), 224x224. Cascading randomisation over the {len(base['gradcam'].layers)} "
         "default blocks, from the logits down; `init='reset'`, `bn='reset'`, seed 0. Similarities are means "
         f"over the photos; *passed* = mean Spearman of the shown maps < {THRESHOLD} for the fully randomised "
-        "network. Score-CAM: chelsea only.",
+        "network. Score-CAM, RISE and LIME: chelsea only, 6 coarser steps. Fewer samples than the defaults, "
+        "the same seeded draws for every map of a check: "
+        + ", ".join(f"{m} {', '.join(f'{k}={v}' for k, v in o.items())}" for m, o in OPTIONS.items())
+        + f". JSON: `benchmarks/results/{Path(args.json).name}`.",
         "",
         *main_table(base),
         "",
@@ -268,13 +454,14 @@ def main() -> None:
         "",
         f"Grad-CAM alone, with the interquartile band over the two photos: ![Grad-CAM](img/{single.name})",
         "",
-        "Other random draws (seeds 1 and 2; Score-CAM not rerun), mean Spearman of the shown maps of the fully "
+        "Other random draws (seeds 1 and 2; Score-CAM, occlusion and the sampling methods not rerun), "
+        "mean Spearman of the shown maps of the fully "
         "randomised network:",
         "",
         *seed_table(by_seed),
         "",
         "BatchNorm statistics of randomised blocks reset (mean 0 / variance 1, the default) or re-estimated "
-        "from the photos (`bn='recalibrate'`):",
+        "from the photos (`bn='recalibrate'`; the same methods as the seed table):",
         "",
         *compare_table(base, recal),
         "",
