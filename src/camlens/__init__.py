@@ -1,7 +1,9 @@
-"""camlens: where in the image is a CNN looking, and why did it say that?
+"""camlens: where in the image is a vision model looking, and why did it say that?
 
-Class activation maps (CAM, Grad-CAM and its family, Score-CAM, Ablation-CAM, Eigen-CAM) as one
-pipeline with one result object, :class:`Explanation`.
+Class activation maps (CAM, Grad-CAM and its family, Score-CAM, Ablation-CAM, Eigen-CAM),
+backpropagation-based maps (saliency, guided backprop, Integrated Gradients, SmoothGrad, LRP) and
+perturbation-based ones (LIME, occlusion, RISE), for CNNs and vision transformers, as one pipeline with
+one result object, :class:`Explanation`.
 
 Example:
     >>> import camlens

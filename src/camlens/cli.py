@@ -25,7 +25,7 @@ def _parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="camlens",
-        description="Class activation maps for CNNs: where in the image is the model looking?",
+        description="Where in the image is a vision model looking, and why did it say that?",
         epilog="Python API: camlens.explain(model, inputs, method='gradcam', targets='top5')",
     )
     parser.add_argument("--version", action="version", version=f"camlens {__version__}")
