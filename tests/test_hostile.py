@@ -121,7 +121,7 @@ def test_weights_with_a_model_file_are_not_ignored(tmp_path: Path, capsys: pytes
 def test_factory_from_the_current_folder_with_arguments(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    (tmp_path / "my_models.py").write_text(
+    (tmp_path / "hostile_factory_models.py").write_text(
         "from tests.nets import GapNet\n"
         "def build(classes, channels=8):\n"
         "    return GapNet(channels=channels, classes=classes)\n"
@@ -129,20 +129,22 @@ def test_factory_from_the_current_folder_with_arguments(
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(ROOT))  # tests.nets, as from the repository
     image = str(photo(tmp_path / "a.png"))
-    code, _, err = run(capsys, "explain", image, "--model", "my_models:build", "--out", "o1")
+    code, _, err = run(capsys, "explain", image, "--model", "hostile_factory_models:build", "--out", "o1")
     assert code == 2 and one_line(err)
     assert "needs the argument 'classes': pass --model-arg classes=VALUE" in err
     code, out, err = run(
-        capsys, "explain", image, "--model", "my_models:build", "--model-arg", "classes=7",
+        capsys, "explain", image, "--model", "hostile_factory_models:build", "--model-arg", "classes=7",
         "--model-arg", "channels=4", "--json", "--out", "o2",
     )  # fmt: skip
     assert code == 0, err
     assert json.loads(out)["images"][0]["predictions"][-1]["class_id"] in range(7)
     assert len(json.loads(out)["images"][0]["predictions"]) == 5
-    code, _, err = run(capsys, "explain", image, "--model", "my_models:build", "--model-arg", "oops", "--out", "o3")
+    code, _, err = run(
+        capsys, "explain", image, "--model", "hostile_factory_models:build", "--model-arg", "oops", "--out", "o3"
+    )
     assert code == 2 and one_line(err) and "expected KEY=VALUE" in err
     code, _, err = run(
-        capsys, "explain", image, "--model", "my_models:build", "--model-arg", "classes=2", "--model-arg",
+        capsys, "explain", image, "--model", "hostile_factory_models:build", "--model-arg", "classes=2", "--model-arg",
         "depth=50", "--out", "o4",
     )  # fmt: skip
     assert code == 2 and one_line(err) and "depth" in err
