@@ -207,27 +207,10 @@ def test_weights_that_do_not_fit(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert code == 2 and "do not fit torchvision:resnet34" in err
 
 
-def _chromium() -> str | None:
-    import shutil
-
-    return shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
 def test_report_renders_every_image_in_headless_chromium(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import re
-    import subprocess
+
+    from tests.browser import rendered_dom
 
     out = tmp_path / "run"
     photo = _save(tmp_path, "chelsea.png", skimage_data.chelsea())
@@ -239,23 +222,7 @@ def test_report_renders_every_image_in_headless_chromium(tmp_path: Path, capsys:
     text = page.read_text()
     assert text.count("<img") == 1 + 2 + 2  # photo, two classes' overlays, their guided pixel images
     assert "Egyptian cat" in text and "box [" in text
-    browser = _chromium()
-    if browser is None:
-        pytest.skip("chromium is not installed (.ci/run installs Debian's chromium)")
-    dom = subprocess.run(
-        [
-            browser,
-            *CHROMIUM_FLAGS,
-            f"--user-data-dir={tmp_path / 'profile'}",
-            "--virtual-time-budget=5000",
-            "--dump-dom",
-            page.as_uri(),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    ).stdout
+    dom = rendered_dom(page, tmp_path / "profile")
     match = re.search(r'data-images="(\d+)" data-rendered="(\d+)"', dom)
     assert match is not None, dom[:500]
     assert match.group(1) == match.group(2) == "5"

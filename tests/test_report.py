@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -343,9 +341,8 @@ def test_an_index_html_symlink_is_replaced_not_followed(tmp_path: Path) -> None:
 
 
 def test_the_page_renders_in_headless_chromium(tmp_path: Path) -> None:
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    if browser is None:
-        pytest.skip("chromium is not installed (.ci/run installs Debian's chromium)")
+    from tests.browser import rendered_dom
+
     run, rec = simple(tmp_path)
     png(run / "cat" / "px.png")
     rec["explanations"].append(
@@ -354,21 +351,7 @@ def test_the_page_renders_in_headless_chromium(tmp_path: Path) -> None:
     rec["predictions"][0]["label"] = "<script>document.title='owned'</script>"
     make_run(tmp_path, [rec], manifest())
     page = write_report(run)
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
-    dom = subprocess.run(
-        [
-            browser,
-            *flags,
-            f"--user-data-dir={tmp_path / 'profile'}",
-            "--virtual-time-budget=5000",
-            "--dump-dom",
-            page.as_uri(),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    ).stdout
+    dom = rendered_dom(page, tmp_path / "profile")
     match = re.search(r'data-images="(\d+)" data-rendered="(\d+)"', dom)
     assert match is not None, dom[:500]
     assert match.group(1) == match.group(2) == "4"  # photo, gradcam overlay, guided overlay and pixels
