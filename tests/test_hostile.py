@@ -412,3 +412,21 @@ def test_nan_input_is_a_warning_naming_the_sample() -> None:
     with pytest.warns(RuntimeWarning, match=r"sample\(s\) \[1\] are NaN or infinite"):
         exp = camlens.explain(GapNet(), x, method="gradcam", targets=0)
     assert torch.isfinite(exp.scores[[0, 2]]).all() and torch.isnan(exp.scores[1]).all()
+
+
+def test_method_options_from_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    image = str(photo(tmp_path / "a.png"))
+    out = str(tmp_path / "o")
+    code, stdout, err = run(
+        capsys, "explain", image, *TINY, "--method", "rise", "--option", "n_masks=8", "--option", "cells=2",
+        "--json", "--out", out,
+    )  # fmt: skip
+    assert code == 0, err
+    assert json.loads(stdout)["images"][0]["explanations"][0]["method"] == "rise"
+    code, _, err = run(capsys, "explain", image, *TINY, "--method", "rise", "--option", "masks=8", "--out", out + "2")
+    assert code == 2 and one_line(err) and "method 'rise' has no option 'masks'" in err and "n_masks" in err
+    code, _, err = run(capsys, "evaluate", "--demo", "--option", "rise-n_masks=8", "--out", str(tmp_path / "e"))
+    assert code == 2 and one_line(err) and "expected METHOD:KEY=VALUE" in err
+    code, _, err = run(capsys, "evaluate", "--demo", "--option", "rise:masks=8", "--out", str(tmp_path / "e"))
+    assert code == 2 and one_line(err) and "has no option 'masks'" in err
+    assert not (tmp_path / "e").exists()  # refused before anything is written

@@ -36,6 +36,12 @@ def _parser() -> argparse.ArgumentParser:
     _model_args(ex)
     ex.add_argument("--method", default="gradcam", help=f"one of: {', '.join(methods())} (default gradcam)")
     ex.add_argument("--layer", help="layer name (default: the last spatial layer); see `camlens layers MODEL`")
+    ex.add_argument(
+        "--option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="an option of the method (repeatable, Python literals): --method rise --option n_masks=1000",
+    )
     who = ex.add_mutually_exclusive_group()
     who.add_argument("--class", dest="classes", nargs="+", metavar="ID_OR_NAME", help="classes to explain")
     who.add_argument("--topk", type=int, help="explain the K top predicted classes (and write a grid)")
@@ -72,6 +78,12 @@ def _parser() -> argparse.ArgumentParser:
         "--method", default="cam,gradcam", help="comma-separated methods compared side by side (default cam,gradcam)"
     )
     ev.add_argument("--layer", help="layer name for the layer methods (default: the last spatial layer)")
+    ev.add_argument(
+        "--option",
+        action="append",
+        metavar="METHOD:KEY=VALUE",
+        help="an option of one method (repeatable): --option rise:n_masks=1000 --option lime:n_samples=500",
+    )
     ev.add_argument(
         "--metrics",
         default="localization",
@@ -334,6 +346,7 @@ def _explain(args: argparse.Namespace) -> int:
     import camlens
     from camlens import zoo
     from camlens._paths import NameBook
+    from camlens.api import check_options
 
     try:
         import matplotlib  # noqa: F401  (colormaps of the pictures)
@@ -357,7 +370,9 @@ def _explain(args: argparse.Namespace) -> int:
         try:
             model = bundle.model.to(args.device)
             cls = camlens.get_method(args.method)
-            method = cls(model, args.layer)
+            options = zoo.parse_model_args(args.option, "--option")
+            check_options(cls, options)
+            method = cls(model, args.layer, **options)
         except (ValueError, TypeError, RuntimeError) as err:
             raise _UsageError(str(err)) from err
         try:
@@ -624,6 +639,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise _UsageError(f"--out {out}: is a file; give a folder")
+    method_options = _method_options(args.option)
     if args.demo == (args.dataset is not None):
         raise _UsageError(
             "give a DATASET (folder or file) or --demo, not both" if args.demo else "give a DATASET or --demo"
@@ -659,6 +675,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             device=args.device,
             steps=args.steps,
             max_pixels=args.max_pixels,
+            method_options=method_options,
         )
     except (ValueError, TypeError) as err:
         raise _UsageError(str(err)) from err
@@ -776,6 +793,27 @@ def _bench_wsol(args: argparse.Namespace) -> int:
     seconds = results.get("timing", {}).get("total_wall_s", 0.0)
     print(f"camlens: wrote {Path(args.out).resolve()} ({seconds:.0f} s)", file=sys.stderr)
     return 0
+
+
+def _method_options(pairs: list[str] | None) -> dict[str, dict[str, Any]]:
+    """``["rise:n_masks=1000", "lime:n_samples=500"]`` -> ``{"rise": {"n_masks": 1000}, ...}`` (checked by name)."""
+    import camlens
+    from camlens import zoo
+    from camlens.api import check_options
+
+    out: dict[str, dict[str, Any]] = {}
+    for pair in pairs or []:
+        method, sep, option = pair.partition(":")
+        if not sep or not method.strip():
+            raise _UsageError(f"--option {pair!r}: expected METHOD:KEY=VALUE, e.g. rise:n_masks=1000")
+        try:
+            cls = camlens.get_method(method.strip())
+            parsed = zoo.parse_model_args([option], "--option")
+            check_options(cls, parsed)
+        except (ValueError, TypeError) as err:
+            raise _UsageError(f"--option {pair!r}: {err}".replace(f"--option {option!r}: ", "")) from err
+        out.setdefault(cls.name, {}).update(parsed)
+    return out
 
 
 def _report(run: Path) -> Path:

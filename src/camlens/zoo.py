@@ -178,8 +178,10 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def parse_model_args(pairs: list[str] | None) -> dict[str, Any]:
+def parse_model_args(pairs: list[str] | None, flag: str = "--model-arg") -> dict[str, Any]:
     """``["depth=50", "name='x'", "pretrained=False"]`` -> keyword arguments (Python literals, else strings).
+
+    Also reads method options (``--option``); ``flag`` names the option in error messages.
 
     Raises:
         ValueError: an item without ``=`` or with an empty or non-identifier key.
@@ -191,7 +193,7 @@ def parse_model_args(pairs: list[str] | None) -> dict[str, Any]:
         key, sep, value = pair.partition("=")
         key = key.strip()
         if not sep or not key.isidentifier():
-            raise ValueError(f"--model-arg {pair!r}: expected KEY=VALUE with KEY a Python name (depth=50)")
+            raise ValueError(f"{flag} {pair!r}: expected KEY=VALUE with KEY a Python name (depth=50)")
         try:
             out[key] = ast.literal_eval(value.strip())
         except (ValueError, SyntaxError, MemoryError, RecursionError):
