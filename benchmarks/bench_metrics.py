@@ -56,6 +56,32 @@ def _quartiles(values: list[float]) -> tuple[float, float]:
     return float(q[0]), float(q[1])
 
 
+def _rounds(
+    cases: dict[str, Callable[[], Any]], forward: Callable[[], Any], rounds: int, floor_repeats: int
+) -> tuple[dict[str, list[float]], dict[str, list[float]], list[float], str]:
+    """Time every case once per round, in a freshly shuffled order, each against the median of
+    ``floor_repeats`` plain forwards measured just before it (paired ratios survive a load that drifts).
+
+    Returns per case its seconds and its ratios to the floor, all floors, and the load average at the start.
+    """
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    ratios: dict[str, list[float]] = {name: [] for name in cases}
+    floors: list[float] = []
+    load_start = " ".join(f"{v:.1f}" for v in os.getloadavg())
+    t0 = time.perf_counter()
+    for r in range(rounds):
+        order = list(cases)
+        random.Random(r).shuffle(order)
+        for name in order:
+            floor = statistics.median(_timed(forward) for _ in range(floor_repeats))
+            elapsed = _timed(cases[name])
+            floors.append(floor)
+            times[name].append(elapsed)
+            ratios[name].append(elapsed / floor)
+        print(f"round {r + 1}/{rounds} done ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+    return times, ratios, floors, load_start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds per case (default 3)")
@@ -109,21 +135,7 @@ def main() -> None:
     for _ in range(3):
         forward()
 
-    times: dict[str, list[float]] = {name: [] for name in cases}
-    ratios: dict[str, list[float]] = {name: [] for name in cases}
-    floors: list[float] = []
-    load_start = " ".join(f"{v:.1f}" for v in os.getloadavg())
-    t0 = time.perf_counter()
-    for r in range(args.rounds):
-        order = list(cases)
-        random.Random(r).shuffle(order)
-        for name in order:
-            floor = statistics.median(_timed(forward) for _ in range(5))
-            elapsed = _timed(cases[name][0])
-            floors.append(floor)
-            times[name].append(elapsed)
-            ratios[name].append(elapsed / floor)
-        print(f"round {r + 1}/{args.rounds} done ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+    times, ratios, floors, load_start = _rounds({n: c[0] for n, c in cases.items()}, forward, args.rounds, 5)
 
     rows = []
     for name, (_, scored) in cases.items():

@@ -30,10 +30,8 @@ import argparse
 import datetime as dt
 import json
 import os
-import random
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -42,7 +40,7 @@ import numpy as np
 import torch
 
 from bench_core import machine
-from bench_metrics import RESULTS, _quartiles, _timed
+from bench_metrics import RESULTS, _quartiles, _rounds
 
 
 def _rise_reference(model: Any, x: torch.Tensor, n: int, s: int, p1: float, batch: int) -> Callable[[], torch.Tensor]:
@@ -193,21 +191,7 @@ def main() -> None:
     for _ in range(3):
         forward()
 
-    times: dict[str, list[float]] = {name: [] for name in cases}
-    ratios: dict[str, list[float]] = {name: [] for name in cases}
-    floors: list[float] = []
-    load_start = " ".join(f"{v:.1f}" for v in os.getloadavg())
-    t0 = time.perf_counter()
-    for r in range(args.rounds):
-        order = list(cases)
-        random.Random(r).shuffle(order)
-        for name in order:
-            floor = statistics.median(_timed(forward) for _ in range(3))
-            elapsed = _timed(cases[name][0])
-            floors.append(floor)
-            times[name].append(elapsed)
-            ratios[name].append(elapsed / floor)
-        print(f"round {r + 1}/{args.rounds} done ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+    times, ratios, floors, load_start = _rounds({n: c[0] for n, c in cases.items()}, forward, args.rounds, 3)
 
     rows = []
     for name, (_, forwards, versus) in cases.items():
