@@ -20,6 +20,7 @@ Hence: top-1 cls err 1/3, top-5 cls err 0, top-1 loc err 1/3, top-5 loc err 1/3,
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -51,14 +52,16 @@ class RedNet(nn.Module):
         return self.fc(self.pool(self.features(x)).flatten(1))
 
 
-def _dataset(folder: Path) -> Path:
+def squares(folder: Path, extra: Sequence[str] = ()) -> Path:
+    """The squares a, b, c as 32x32 PNGs (a red square on black), plus the ``extra`` CSV rows; returns the CSV."""
+    folder.mkdir(parents=True, exist_ok=True)
     lines = ["path,class,x0,y0,x1,y1"]
     for name, ((x0, y0, x1, y1), label) in SQUARES.items():
         pixels = np.zeros((32, 32, 3), np.uint8)
         pixels[y0:y1, x0:x1, 0] = 255
         Image.fromarray(pixels).save(folder / f"{name}.png")
         lines.append(f"{name}.png,{label},{x0},{y0},{x1},{y1}")
-    (folder / "boxes.csv").write_text("\n".join(lines) + "\n")
+    (folder / "boxes.csv").write_text("\n".join([*lines, *extra]) + "\n")
     return folder / "boxes.csv"
 
 
@@ -68,7 +71,7 @@ def bundle() -> zoo.ModelBundle:
 
 
 def test_localization_table_by_hand(tmp_path: Path, bundle: zoo.ModelBundle) -> None:
-    csv = _dataset(tmp_path)
+    csv = squares(tmp_path)
     before = {k: v.clone() for k, v in bundle.model.state_dict().items()}
     # two DataLoader workers: the images arrive out of the main process, in order
     result = evaluate(bundle, csv, "cam,gradcam", out=tmp_path / "out", batch_size=2, workers=2, progress=False)
@@ -99,7 +102,7 @@ def test_localization_table_by_hand(tmp_path: Path, bundle: zoo.ModelBundle) -> 
 
 
 def test_faithfulness_and_pointing_columns(tmp_path: Path, bundle: zoo.ModelBundle) -> None:
-    csv = _dataset(tmp_path)
+    csv = squares(tmp_path)
     result = evaluate(
         bundle,
         csv,
@@ -124,7 +127,7 @@ def test_faithfulness_and_pointing_columns(tmp_path: Path, bundle: zoo.ModelBund
 
 
 def test_unknown_metric_and_method(tmp_path: Path, bundle: zoo.ModelBundle) -> None:
-    csv = _dataset(tmp_path)
+    csv = squares(tmp_path)
     with pytest.raises(ValueError, match=r"unknown metric 'delition'.*deletion"):
         evaluate(bundle, csv, "cam", metrics="delition", progress=False)
     with pytest.raises(ValueError, match="unknown method 'gradcum'"):
@@ -132,7 +135,7 @@ def test_unknown_metric_and_method(tmp_path: Path, bundle: zoo.ModelBundle) -> N
 
 
 def test_cli_evaluate_prints_the_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    csv = _dataset(tmp_path)
+    csv = squares(tmp_path)
     torch.save(RedNet().eval(), tmp_path / "rednet.pt")
     code = main(
         [
@@ -175,7 +178,7 @@ def test_demo_dataset_boxes_fit_the_photos(tmp_path: Path) -> None:
 
 
 def test_sanity_column_and_plot(tmp_path: Path, bundle: zoo.ModelBundle) -> None:
-    csv = _dataset(tmp_path)
+    csv = squares(tmp_path)
     result = evaluate(bundle, csv, "gradcam", metrics="sanity", out=tmp_path / "out", progress=False)
     row = result.rows["gradcam"]
     # cascading randomisation re-initialises the only layer, fc (seeded by its name), which gives the red

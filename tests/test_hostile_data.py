@@ -21,7 +21,6 @@ import struct
 import time
 import warnings
 import zlib
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +33,7 @@ from camlens import zoo
 from camlens.data import DatasetError, ImageDataset, read_csv, read_ilsvrc
 from camlens.data.ilsvrc import _parse_xml
 from camlens.evaluate import Evaluation, evaluate
-from tests.test_evaluate import SQUARES, RedNet
+from tests.test_evaluate import RedNet, squares
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -45,19 +44,6 @@ SKIP_LINE = re.compile(r"^camlens evaluate: skipped image (.+?): (.+)$")
 @pytest.fixture
 def bundle() -> zoo.ModelBundle:
     return zoo.ModelBundle(RedNet().eval(), "rednet", size=32, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
-
-
-def squares(folder: Path, extra: Sequence[str] = ()) -> Path:
-    """a, b, c of tests/test_evaluate.py as PNGs, plus the ``extra`` CSV rows; returns the CSV."""
-    folder.mkdir(parents=True, exist_ok=True)
-    lines = ["path,class,x0,y0,x1,y1"]
-    for name, ((x0, y0, x1, y1), label) in SQUARES.items():
-        pixels = np.zeros((32, 32, 3), np.uint8)
-        pixels[y0:y1, x0:x1, 0] = 255
-        Image.fromarray(pixels).save(folder / f"{name}.png")
-        lines.append(f"{name}.png,{label},{x0},{y0},{x1},{y1}")
-    (folder / "boxes.csv").write_text("\n".join([*lines, *extra]) + "\n")
-    return folder / "boxes.csv"
 
 
 def claims_size(path: Path, width: int, height: int) -> Path:
