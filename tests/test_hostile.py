@@ -430,3 +430,19 @@ def test_method_options_from_the_command_line(tmp_path: Path, capsys: pytest.Cap
     code, _, err = run(capsys, "evaluate", "--demo", "--option", "rise:masks=8", "--out", str(tmp_path / "e"))
     assert code == 2 and one_line(err) and "has no option 'masks'" in err
     assert not (tmp_path / "e").exists()  # refused before anything is written
+
+
+def test_overwriting_a_run_from_before_manifests(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A results.jsonl of the old format (paths as written from the cwd, no manifest): --overwrite removes
+    that run's files and nothing its records name outside the folder."""
+    out = tmp_path / "old"
+    (out / "cat").mkdir(parents=True)
+    (out / "cat" / "cat_gradcam_285.png").write_bytes(b"x")
+    victim = tmp_path / "victim.png"
+    victim.write_bytes(b"keep")
+    record = {"path": "cat.png", "explanations": [{"files": {"overlay": str(out / "cat" / "cat_gradcam_285.png"),
+                                                             "map": str(victim)}}]}  # fmt: skip
+    (out / "results.jsonl").write_text(json.dumps(record) + "\n")
+    code, _, err = run(capsys, "explain", str(photo(tmp_path / "a.png")), *TINY, "--out", str(out), "--overwrite")
+    assert code == 0, err
+    assert not (out / "cat").exists() and victim.read_bytes() == b"keep"

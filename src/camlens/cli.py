@@ -328,11 +328,15 @@ def _run_files(out: Path) -> set[str]:
             named = [record.get("grid"), *(f for e in record.get("explanations", []) for f in e["files"].values())]
         except (ValueError, AttributeError, KeyError, TypeError):
             continue
+        # runs before manifests wrote paths as OUT/name/file (relative to the cwd, or absolute): keep the
+        # ones inside OUT, as paths relative to it; anything else was never this run's to delete
+        root = out.resolve()
         for f in named:
             if isinstance(f, str):
-                p = Path(f)
-                rel = p.relative_to(out) if p.is_absolute() or p.parts[: len(out.parts)] == out.parts else p
-                files.add(str(rel))
+                try:
+                    files.add(str(Path(f).resolve().relative_to(root)))
+                except (ValueError, OSError):
+                    continue
     return files
 
 
