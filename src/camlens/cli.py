@@ -200,17 +200,24 @@ def _bundle(args: argparse.Namespace, spec: str) -> Any:
         raise _UsageError(str(err)) from err
 
 
-def _check_flags(args: argparse.Namespace, *checks: tuple[str, float | None, float, float | None]) -> None:
-    """Range checks: (flag, value, low, high) with inclusive bounds; None skips a value or a bound."""
+# a lower bound the value must exceed (an open interval), where a plain number is a bound it may equal
+_ABOVE = "above"
+
+
+def _check_flags(args: argparse.Namespace, *checks: tuple[Any, ...]) -> None:
+    """Range checks: (flag, value, low, high[, _ABOVE]) with inclusive bounds unless ``_ABOVE`` makes the
+    lower one exclusive; None skips a value or a bound."""
     import math
 
-    for flag, value, low, high in checks:
+    for flag, value, low, high, *open_low in checks:
         if value is None:
             continue
         if isinstance(value, float) and not math.isfinite(value):
             raise _UsageError(f"{flag} must be a finite number, got {value}")
-        if value < low or (high is not None and value > high):
-            bound = f">= {low:g}" if high is None else f"in [{low:g}, {high:g}]"
+        above = open_low == [_ABOVE]
+        if value < low or (above and value == low) or (high is not None and value > high):
+            left = "(" if above else "["
+            bound = f"{'>' if above else '>='} {low:g}" if high is None else f"in {left}{low:g}, {high:g}]"
             raise _UsageError(f"{flag} must be {bound}, got {value:g}")
 
 
@@ -359,12 +366,10 @@ def _explain(args: argparse.Namespace) -> int:
     _check_flags(
         args,
         ("--topk", args.topk, 1, None),
-        ("--threshold", args.threshold, 0.0, 1.0),
+        ("--threshold", args.threshold, 0.0, 1.0, _ABOVE),
         ("--batch-size", args.batch_size, 1, None),
         ("--max-pixels", args.max_pixels, 1, None),
     )
-    if args.threshold == 0:
-        raise _UsageError("--threshold must be in (0, 1], got 0")
     if not args.demo and not args.images:
         raise _UsageError("give images or folders to explain, or --demo")
     out = Path(args.out)
@@ -636,10 +641,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         ("--examples", args.examples, 0, None),
         ("--workers", args.workers, 0, None),
         ("--max-pixels", args.max_pixels, 1, None),
-        ("--threshold", args.threshold, 0.0, 1.0),
+        ("--threshold", args.threshold, 0.0, 1.0, _ABOVE),
     )
-    if args.threshold == 0:
-        raise _UsageError("--threshold must be in (0, 1], got 0")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise _UsageError(f"--out {out}: is a file; give a folder")
@@ -702,15 +705,13 @@ def _gapify(args: argparse.Namespace) -> int:
         args,
         ("--epochs", args.epochs, 1, None),
         ("--batch-size", args.batch_size, 1, None),
-        ("--lr", args.lr, 0.0, None),
+        ("--lr", args.lr, 0.0, None, _ABOVE),
         ("--channels", args.channels, 0, None),
         ("--train-blocks", args.train_blocks, -1, None),
         ("--val-fraction", args.val_fraction, 0.0, 0.99),
         ("--image-size", args.image_size, 1, None),
         ("--max-pixels", args.max_pixels, 1, None),
     )
-    if args.lr == 0:
-        raise _UsageError("--lr must be > 0, got 0")
     bundle = _bundle(args, args.model)
     classes = sorted(p.name for p in data.iterdir() if p.is_dir())
     if not classes:
