@@ -273,7 +273,7 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
         if not manifest.is_file() and not results.is_file():
             raise _UsageError(f"--out {out}: is not empty and holds no camlens run; give a new or empty folder")
         if not overwrite:
-            what = _describe_run(manifest)
+            what = _describe_run(out)
             raise _UsageError(
                 f"--out {out}: holds an earlier camlens run{what}; pass --overwrite to replace it, or a new --out"
             )
@@ -301,30 +301,32 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
         raise _UsageError(f"--out {out}: cannot write there ({err.strerror or err})") from err
 
 
+def _manifest(out: Path) -> dict[str, Any] | None:
+    """The earlier run's manifest in ``out``, or None when it is missing, unreadable or not an object."""
+    try:
+        doc = json.loads((out / _MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
 def _is_demo_run(out: Path) -> bool:
-    try:
-        return json.loads((out / _MANIFEST).read_text()).get("demo") is True
-    except (OSError, ValueError, AttributeError):
-        return False
+    return (_manifest(out) or {}).get("demo") is True
 
 
-def _describe_run(manifest: Path) -> str:
-    try:
-        doc = json.loads(manifest.read_text())
-        return f" ({doc.get('method')} on {doc.get('model')}, started {doc.get('started')})"
-    except (OSError, ValueError, AttributeError):
-        return ""
+def _describe_run(out: Path) -> str:
+    doc = _manifest(out)
+    return "" if doc is None else f" ({doc.get('method')} on {doc.get('model')}, started {doc.get('started')})"
 
 
 def _run_files(out: Path) -> set[str]:
     """Relative paths an earlier run wrote: its manifest's list, else the files its records name."""
     files = set(_RUN_FILES)
-    try:
-        listed = json.loads((out / _MANIFEST).read_text()).get("files", [])
-        files.update(str(f) for f in listed if isinstance(f, str))
+    doc = _manifest(out)
+    if doc is not None:
+        listed = doc.get("files", [])
+        files.update(str(f) for f in (listed if isinstance(listed, list) else []) if isinstance(f, str))
         return files
-    except (OSError, ValueError, AttributeError):
-        pass
     try:
         lines = (out / _RESULTS).read_text().splitlines()
     except OSError:
