@@ -296,6 +296,28 @@ class NaNNet(RedNet):
         return self.fc(self.pool(self.features(x).nan_to_num(0.0)).flatten(1))
 
 
+class NaNScoreNet(RedNet):
+    """RedNet whose scores are NaN for an image with any green: NaN reaches the target scores themselves."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = super().forward(x)
+        return out + torch.where((x[:, 1] > 0.5).flatten(1).any(1, keepdim=True), float("nan"), 0.0)
+
+
+def test_nan_scores_warn_by_file_name_only(tmp_path: Path) -> None:
+    """The core warns about NaN target scores by sample index; evaluate names the file instead, once, not both."""
+    csv = squares(tmp_path, ["n.png,0,4,6,20,22"])
+    pixels = np.zeros((32, 32, 3), np.uint8)
+    pixels[0, 0, 1] = 255
+    Image.fromarray(pixels).save(tmp_path / "n.png")
+    bundle = zoo.ModelBundle(NaNScoreNet().eval(), "nanscores", size=32, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        evaluate(bundle, csv, "gradcam", progress=False)
+    messages = [str(w.message) for w in caught if "NaN" in str(w.message)]
+    assert messages == [f"{tmp_path / 'n.png'}: the model's scores for this image are NaN or infinite"]
+
+
 def test_nan_map_warns_once_per_image_and_json_is_strict(tmp_path: Path) -> None:
     """Image n: a's red square plus one green pixel at (0, 0), label 0. Its score_0 is still 256/1024 = 0.25 (the
     NaN pixel reads 0), so it is classified right; its maps are NaN at (0, 0), counted as 0: the red square, boxed

@@ -351,7 +351,6 @@ def _run_files(out: Path) -> set[str]:
 
 def _explain(args: argparse.Namespace) -> int:
     import tempfile
-    import warnings
 
     import torch
     from tqdm.auto import tqdm
@@ -360,6 +359,7 @@ def _explain(args: argparse.Namespace) -> int:
     from camlens import zoo
     from camlens._paths import NameBook
     from camlens.api import check_options
+    from camlens.methods.base import _nonfinite_named_by_caller
 
     try:
         import matplotlib  # noqa: F401  (colormaps of the pictures)
@@ -415,8 +415,7 @@ def _explain(args: argparse.Namespace) -> int:
                 x = torch.cat([b[3] for b in batch]).to(args.device)
                 per_sample = None if ids is None else [ids] * len(batch)
                 try:
-                    with warnings.catch_warnings():  # the CLI names the image itself (record warnings)
-                        warnings.filterwarnings("ignore", "the target scores of sample", RuntimeWarning)
+                    with _nonfinite_named_by_caller():  # the CLI names the image itself (record warnings)
                         exp = method(x, targets if per_sample is None or args.topk else per_sample)
                 except ValueError as err:
                     raise _UsageError(str(err)) from err

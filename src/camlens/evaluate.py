@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from camlens._paths import NameBook, inside, safe_name
+from camlens.methods.base import _nonfinite_named_by_caller
 from camlens.zoo import MAX_PIXELS
 
 __all__ = ["METRICS", "Evaluation", "demo_dataset", "evaluate"]
@@ -388,7 +389,8 @@ def evaluate(
             targets = torch.stack(columns, 1)
             for name, explainer in explainers.items():
                 start = time.perf_counter()
-                exp = explainer(x, targets)
+                with _nonfinite_named_by_caller():  # warned below once per image, by file name
+                    exp = explainer(x, targets)
                 timing[name] += time.perf_counter() - start
                 _warn_nonfinite(exp.raw, paths, warned, f"the {name} map has NaN or infinite values (counted as 0)")
                 if need_gt:

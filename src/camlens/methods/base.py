@@ -18,6 +18,8 @@ which returns the input-space attributions (B, K, C, H, W) as an :class:`Attribu
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -100,13 +102,24 @@ def _warn_training(state: _ModelState) -> None:
         )
 
 
+_NONFINITE = "the target scores of sample"
+
+
+@contextmanager
+def _nonfinite_named_by_caller() -> Iterator[None]:
+    """Silence :func:`_warn_nonfinite` for callers that warn themselves, naming the image file (CLI, evaluate)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", _NONFINITE, RuntimeWarning)
+        yield
+
+
 def _warn_nonfinite(scores: torch.Tensor) -> None:
     """A warning naming the samples whose target scores are NaN or inf (a (B, K) check: free)."""
     bad = (~torch.isfinite(scores.detach())).flatten(1).any(1)
     if bool(bad.any()):
         which = bad.nonzero().flatten().tolist()
         warnings.warn(
-            f"the target scores of sample(s) {which} are NaN or infinite (NaN/inf in the inputs or the model?); "
+            f"{_NONFINITE}(s) {which} are NaN or infinite (NaN/inf in the inputs or the model?); "
             "their maps are not meaningful",
             RuntimeWarning,
             stacklevel=3,
