@@ -48,8 +48,8 @@ def check_precision(value: Any) -> str:
 def fast_layout(x: torch.Tensor) -> torch.Tensor:
     """A 4-D image batch in channels-last memory layout (anything else unchanged), for perturbed forwards.
 
-    Convolutions on a CPU run 1.2-1.6x faster on channels-last inputs (docs/benchmarks.md, EfficientNet-Lite0
-    batch 8: 194 against 257 ms); the weights keep their layout, so the user's model is not touched, and
+    Convolutions on a CPU run faster on channels-last inputs (oneDNN's native layout; part of Score-CAM's
+    gain in docs/benchmarks.md); the weights keep their layout, so the user's model is not touched, and
     the outputs equal the contiguous layout's to float rounding (~1e-6).
     """
     return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
@@ -89,8 +89,8 @@ def perturbed_scores(
         desc: label of the progress bar.
         progress: tqdm bar with ETA; ``None`` shows it only for 256 rows or more.
         precision: ``"float32"`` runs the model as it is (exact); ``"bfloat16"`` / ``"float16"`` run each
-            forward under ``torch.autocast`` in that precision (2-2.5x faster on CPUs with AMX or
-            AVX512-BF16, and on GPUs; scores then differ from float32's by ~1e-3, docs/benchmarks.md) and
+            forward under ``torch.autocast`` in that precision (2-3x faster on CPUs with AMX,
+            docs/benchmarks.md; scores then differ from float32's by ~1e-3, docs/benchmarks.md) and
             cast the output back to float32 before scoring.
         device: where the model runs, for autocast (default: ``owners``' device).
 

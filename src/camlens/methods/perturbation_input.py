@@ -17,7 +17,7 @@ methods' view max_c |pixels|. ``maps`` = min-max(ReLU(raw)) as for every method.
 All perturbed copies of all samples run through :func:`camlens._perturb.perturbed_scores` (batched forwards
 under ``torch.inference_mode()``, channels-last, 8 rows per forward by default: on a CPU the time per image
 grows past a few rows (docs/benchmarks.md); a progress bar for 256 rows or more; ``precision="bfloat16"``
-runs them under autocast, 2-2.5x faster on a CPU with AMX, at ~1e-3 from the float32 scores) and are scored by
+runs them under autocast, 2-3x faster on a CPU with AMX (docs/benchmarks.md)) and are scored by
 :class:`camlens.targets.RowScorer` (softmax probabilities by default, as LIME and RISE score; ``score="logit"``
 for logits). Random draws come from a ``torch.Generator`` seeded with ``seed`` for every sample, so a sample's
 map does not depend on the batch it is in.
@@ -152,7 +152,7 @@ class Occlusion(_InputPerturbation):
         batch_size: occluded copies per forward.
         progress: tqdm bar; ``None`` shows it for 256 copies or more.
         precision: ``"float32"`` (exact) or ``"bfloat16"`` / ``"float16"``: the perturbed forwards under
-            autocast, 2-2.5x faster on CPUs with AMX and on GPUs, scores ~1e-3 from float32's.
+            autocast, 2-3x faster on CPUs with AMX (docs/benchmarks.md); maps at r >= 0.995.
 
     Cost: B * ceil((H - h) / sh + 1) * ceil((W - w) / sw + 1) forwards (49 at 224 x 224 with the defaults).
 
@@ -242,7 +242,7 @@ class RISE(_InputPerturbation):
         batch_size: masked copies per forward.
         progress: tqdm bar; ``None`` shows it for 256 copies or more.
         precision: ``"float32"`` (exact) or ``"bfloat16"`` / ``"float16"``: the perturbed forwards under
-            autocast, 2-2.5x faster on CPUs with AMX and on GPUs, scores ~1e-3 from float32's.
+            autocast, 2-3x faster on CPUs with AMX (docs/benchmarks.md); maps at r >= 0.995.
 
     Cost: B * N forwards (4000 per image with the paper's defaults).
 
@@ -386,7 +386,7 @@ class LIME(_InputPerturbation):
         batch_size: perturbed copies per forward.
         progress: tqdm bar; ``None`` shows it for 256 copies or more.
         precision: ``"float32"`` (exact) or ``"bfloat16"`` / ``"float16"``: the perturbed forwards under
-            autocast, 2-2.5x faster on CPUs with AMX and on GPUs, scores ~1e-3 from float32's.
+            autocast, 2-3x faster on CPUs with AMX (docs/benchmarks.md); maps at r >= 0.995.
 
     Example:
         >>> exp = camlens.explain(model, x, method="lime", n_samples=500, segmentation="slic")
