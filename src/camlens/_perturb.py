@@ -9,21 +9,73 @@ target each row is scored for.
 
 What a removed pixel becomes is one concept too, :func:`baseline`: IG's path start, LIME's switched-off
 superpixels, occlusion's window, and the substrate of deletion / insertion all call it.
+
+Progress and cancel have one place too, this loop: :func:`observe` installs a callback (a context variable,
+so it belongs to one thread or task) that :func:`perturbed_scores` calls before the first chunk and after
+every chunk with ``(rows done, rows in all, desc)`` (:func:`report_progress`); a callback that raises :class:`Cancelled` stops the call
+between two chunks, and the method's ``finally`` hands the model back as after any exception. ``camlens app``
+drives its progress bar and its Cancel button through it; Score-CAM, Ablation-CAM, LIME, occlusion, RISE and
+the faithfulness curves report through it because they all run here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["BASELINES", "Baseline", "baseline", "blur", "check_baseline", "perturbed_scores"]
+__all__ = ["BASELINES", "Baseline", "Cancelled", "baseline", "blur", "check_baseline", "observe", "perturbed_scores", "report_progress"]
 
 Baseline = Union[str, float, torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]
 BASELINES = ("zero", "blur", "mean")  # the named kinds ("zeros" is read as "zero")
+
+Observer = Callable[[int, int, str], None]
+# Module-level state like the model locks of _state.py: a ContextVar is per thread (and per asyncio task), so an
+# observer set by one request of a server never sees another request's chunks.
+_OBSERVER: ContextVar[Observer | None] = ContextVar("camlens_perturb_observer", default=None)
+
+
+class Cancelled(Exception):
+    """Raised by an :func:`observe` callback to stop a long call between two chunks.
+
+    Not a ``RuntimeError`` on purpose: camlens catches ``RuntimeError`` in a few fallbacks (an op without a
+    vmap rule, a layer replay that does not fit), and a cancel must never be taken for one of those.
+    """
+
+
+@contextmanager
+def observe(callback: Observer) -> Iterator[None]:
+    """Call ``callback(done, total, desc)`` from every :func:`perturbed_scores` loop run inside the block.
+
+    ``done`` counts rows scored so far (0 before the first chunk), ``total`` the rows of that loop, ``desc``
+    its label (``"score-cam masks"``...); one explanation may run several loops. The callback may raise
+    :class:`Cancelled` (or anything else) to stop the call; the model is restored by the method's ``finally``.
+
+    Example:
+        >>> with observe(lambda done, total, desc: print(desc, done, total)):
+        ...     camlens.explain(model, x, "scorecam")
+    """
+    token = _OBSERVER.set(callback)
+    try:
+        yield
+    finally:
+        _OBSERVER.reset(token)
+
+
+def report_progress(done: int, total: int, desc: str) -> None:
+    """Tell the :func:`observe` callback of this thread, if any, that ``done`` of ``total`` rows are scored.
+
+    Called by :func:`perturbed_scores` and by the one other chunked loop, the forward + backward rows of
+    Integrated Gradients and SmoothGrad (``methods/integrated.py``), so their calls report and cancel too.
+    """
+    observer = _OBSERVER.get()
+    if observer is not None:
+        observer(done, total, desc)
 
 
 def perturbed_scores(
@@ -63,10 +115,12 @@ def perturbed_scores(
     disable = total < 256 if progress is None else not progress
     parts = []
     with torch.inference_mode(), tqdm(total=total, desc=desc, unit="row", disable=disable, leave=False) as bar:
+        report_progress(0, total, desc)
         for start in range(0, total, batch_size):
             rows = slice(start, min(start + batch_size, total))
             parts.append(scorer(forward(rows), owners[rows]))
             bar.update(rows.stop - rows.start)
+            report_progress(rows.stop, total, desc)
     return torch.cat(parts) if parts else torch.empty(0)
 
 
