@@ -838,23 +838,14 @@ def _report(run: Path) -> Path:
 def _layers(args: argparse.Namespace) -> int:
     import torch
 
-    import camlens
+    from camlens.capture import layer_table
 
     bundle = _bundle(args, args.model)
-    x = torch.zeros(1, 3, bundle.size, bundle.size)
-    default = camlens.find_layer(bundle.model, x)
-    from camlens.capture import grid_of, trace_calls
-
     # every output that reads as a grid, as (C x h x w); tokens and channels-last maps say so
-    for c in trace_calls(bundle.model, x):
-        found = grid_of(bundle.model, c, x.shape[-2:])
-        if found is None or c.shape is None:
-            continue
-        layout, grid = found
-        name = str(c.layer)
-        how = "" if layout.kind == "grid" else f"  ({layout.kind} {'x'.join(map(str, c.shape[1:]))})"
-        mark = "  <- default" if name == str(default) else ""
-        print(f"{name:40s} {'x'.join(map(str, grid[1:]))}{how}{mark}")
+    for row in layer_table(bundle.model, torch.zeros(1, 3, bundle.size, bundle.size)):
+        how = "" if row.kind == "grid" else f"  ({row.kind} {'x'.join(map(str, row.shape))})"
+        mark = "  <- default" if row.default else ""
+        print(f"{row.name:40s} {'x'.join(map(str, row.grid))}{how}{mark}")
     return 0
 
 
