@@ -311,14 +311,23 @@ def browser_page() -> Iterator[tuple[Any, str]]:
         app.close()
 
 
+# (the page's Content-Security-Policy forbids eval, so waits are selectors, not wait_for_function strings)
+_SETTLED = "body[data-state=done], body[data-state=error], body[data-state=cancelled]"
+
+
+def _expect_change(page: Any) -> None:
+    """Mark the page as waiting before an action, so the next wait sees that action's outcome."""
+    page.evaluate("() => { document.body.dataset.state = 'waiting'; }")
+
+
 def _settled(page: Any) -> str:
-    page.wait_for_function("['done', 'error', 'cancelled'].includes(document.body.dataset.state)", timeout=120_000)
-    return str(page.evaluate("document.body.dataset.state"))
+    page.wait_for_selector(_SETTLED, state="attached", timeout=120_000)
+    return str(page.get_attribute("body", "data-state"))
 
 
-def _overlay_pixels(page: Any) -> bytes:
+def _overlay_pixels(page: Any, url: str) -> bytes:
     src = page.get_attribute("#results img.overlay", "src")
-    return bytes(page.request.get(src).body())
+    return bytes(page.request.get(url.rstrip("/") + src).body())
 
 
 def test_page_upload_select_images_load_and_bad_uploads(browser_page: tuple[Any, str], tmp_path: Path) -> None:
@@ -326,33 +335,37 @@ def test_page_upload_select_images_load_and_bad_uploads(browser_page: tuple[Any,
 
     page, url = browser_page
     page.goto(url)
-    page.wait_for_function("document.body.dataset.state === 'ready'", timeout=120_000)
+    page.wait_for_selector("body[data-state=ready]", state="attached", timeout=120_000)
     # the layer menu is `camlens layers`, default marked
-    assert "_swish@1  1280x7x7  (default)" in page.inner_text("#layer")
+    assert "_swish@1 1280x7x7 (default)" in page.inner_text("#layer")
     Image.fromarray(data.chelsea()).save(tmp_path / "cat.png")
+    _expect_change(page)
     page.set_input_files("#file", str(tmp_path / "cat.png"))
     assert _settled(page) == "done"
     assert page.inner_text("#photo-name") == "cat.png (451 x 300)"
     widths = page.eval_on_selector_all("#results img", "imgs => imgs.map(i => i.complete && i.naturalWidth)")
     assert len(widths) == 2 and all(w > 0 for w in widths)  # overlay and signed raw map of gradcam
     assert "Egyptian cat" in page.inner_text("#predictions")
-    gradcam = _overlay_pixels(page)
+    gradcam = _overlay_pixels(page, url)
     # changing the method changes the picture
+    _expect_change(page)
     page.uncheck("input[name=method][value=gradcam]")
     page.check("input[name=method][value=eigencam]")
-    page.wait_for_function("document.querySelector('.method-result')?.dataset.method === 'eigencam'", timeout=120_000)
+    page.wait_for_selector(".method-result[data-method=eigencam]", timeout=120_000)
     assert _settled(page) == "done"
-    eigencam = _overlay_pixels(page)
-    assert np.abs(np.asarray(Image.open(io.BytesIO(eigencam)), dtype=int) - np.asarray(Image.open(io.BytesIO(gradcam)), dtype=int)).mean() > 1
+    eigencam = _overlay_pixels(page, url)
+    change = np.abs(np.asarray(Image.open(io.BytesIO(eigencam)), int) - np.asarray(Image.open(io.BytesIO(gradcam)), int))
+    assert change.mean() > 1
     # a text file, then a huge image header: one message each, and the page keeps working
     (tmp_path / "notes.txt").write_text("not a picture")
     page.set_input_files("#file", str(tmp_path / "notes.txt"))
-    page.wait_for_function("document.getElementById('message').textContent.length > 0")
+    page.wait_for_selector("#message:has-text('notes.txt')")
     assert "notes.txt: not an image of an accepted format" in page.inner_text("#message")
     (tmp_path / "bomb.png").write_bytes(_claimed_png(60000, 60000))
     page.set_input_files("#file", str(tmp_path / "bomb.png"))
-    page.wait_for_function("document.getElementById('message').textContent.includes('bomb.png')")
+    page.wait_for_selector("#message:has-text('bomb.png')")
     assert "over the budget" in page.inner_text("#message")
+    _expect_change(page)
     page.select_option("#demo", "coffee")
     assert _settled(page) == "done" and page.inner_text("#message") == ""
     assert page.inner_text("#photo-name").startswith("coffee")
