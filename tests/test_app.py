@@ -86,7 +86,7 @@ def test_engine_pictures_come_from_the_one_geometry_path_and_caches_save_forward
     (entry,) = out.doc["methods"]
     assert not entry["cached"]
     # the targets are the model's top-2 on this photo, ids from one plain forward
-    x, geo = preprocess_with_geometry(photo.image, 32)
+    x, _ = preprocess_with_geometry(photo.image, 32)
     with torch.inference_mode():
         top2 = model(x)[0].topk(2).indices.tolist()
     assert [t["class_id"] for t in entry["targets"]] == top2
@@ -354,8 +354,8 @@ def test_page_upload_select_images_load_and_bad_uploads(browser_page: tuple[Any,
     page.wait_for_selector(".method-result[data-method=eigencam]", timeout=120_000)
     assert _settled(page) == "done"
     eigencam = _overlay_pixels(page, url)
-    change = np.abs(np.asarray(Image.open(io.BytesIO(eigencam)), int) - np.asarray(Image.open(io.BytesIO(gradcam)), int))
-    assert change.mean() > 1
+    before, after = (np.asarray(Image.open(io.BytesIO(png)), dtype=int) for png in (gradcam, eigencam))
+    assert np.abs(after - before).mean() > 1
     # a text file, then a huge image header: one message each, and the page keeps working
     (tmp_path / "notes.txt").write_text("not a picture")
     page.set_input_files("#file", str(tmp_path / "notes.txt"))

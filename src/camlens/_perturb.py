@@ -12,10 +12,11 @@ superpixels, occlusion's window, and the substrate of deletion / insertion all c
 
 Progress and cancel have one place too, this loop: :func:`observe` installs a callback (a context variable,
 so it belongs to one thread or task) that :func:`perturbed_scores` calls before the first chunk and after
-every chunk with ``(rows done, rows in all, desc)`` (:func:`report_progress`); a callback that raises :class:`Cancelled` stops the call
-between two chunks, and the method's ``finally`` hands the model back as after any exception. ``camlens app``
-drives its progress bar and its Cancel button through it; Score-CAM, Ablation-CAM, LIME, occlusion, RISE and
-the faithfulness curves report through it because they all run here.
+every chunk with ``(rows done, rows in all, desc)`` (:func:`report_progress`); a callback that raises
+:class:`Cancelled` stops the call between two chunks, and the method's ``finally`` hands the model back as
+after any exception. ``camlens app`` drives its progress bar and its Cancel button through it; Score-CAM,
+Ablation-CAM, LIME, occlusion, RISE and the faithfulness curves report through it because they all run here,
+and Integrated Gradients / SmoothGrad because their row loop calls :func:`report_progress` too.
 """
 
 from __future__ import annotations
@@ -29,7 +30,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["BASELINES", "Baseline", "Cancelled", "baseline", "blur", "check_baseline", "observe", "perturbed_scores", "report_progress"]
+__all__ = [
+    "BASELINES",
+    "Baseline",
+    "Cancelled",
+    "baseline",
+    "blur",
+    "check_baseline",
+    "observe",
+    "perturbed_scores",
+    "report_progress",
+]
 
 Baseline = Union[str, float, torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]
 BASELINES = ("zero", "blur", "mean")  # the named kinds ("zeros" is read as "zero")

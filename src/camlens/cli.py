@@ -880,8 +880,9 @@ def _app(args: argparse.Namespace) -> int:
         ("--max-pixels", args.max_pixels, 1, None),
     )
     try:
-        from camlens.app import Limits, serve
         import matplotlib  # noqa: F401  (colormaps of the pictures)
+
+        from camlens.app import Limits, serve
     except ImportError as err:
         raise _UsageError(f"camlens app needs its extra: pip install 'camlens[app]' ({err})") from err
     if (args.weights or args.model_arg) and len(args.model or []) != 1:

@@ -383,7 +383,8 @@ class Workspace:
                 box = camlens_geometry.box(cam_t, request["threshold"])
                 cam = cam_t.float().numpy()
                 shown = f"p {probability:.2f}" if probability is not None else f"logit {float(exp.scores[0, k]):.2f}"
-                picture = viz.draw_box(viz.overlay(photo.image, cam), box, f"{label} {shown} ({exp.method})", copy=False)
+                caption = f"{label} {shown} ({exp.method})"
+                picture = viz.draw_box(viz.overlay(photo.image, cam), box, caption, copy=False)
                 files = {"overlay": f"{stem}.png", "map": f"{stem}.npy", "raw": f"{stem}_raw.png"}
                 outcome.files[files["overlay"]] = (_png(picture, self.limits.display), "image/png")
                 buffer = io.BytesIO()
@@ -394,7 +395,8 @@ class Workspace:
                 if exp.pixels is not None:
                     pix = camlens_geometry.resize(exp.pixels[0, k][None].float(), prepared.geometry.original)
                     files["pixels"] = f"{stem}_pixels.png"
-                    outcome.files[files["pixels"]] = (_png(viz.pixel_image(pix[0].numpy()), self.limits.display), "image/png")
+                    shown_pixels = viz.pixel_image(pix[0].numpy())
+                    outcome.files[files["pixels"]] = (_png(shown_pixels, self.limits.display), "image/png")
                 target: dict[str, Any] = {
                     "class_id": class_id,
                     "label": label,

@@ -230,7 +230,7 @@ def _handler(app: App) -> type[BaseHTTPRequestHandler]:
         timeout = 30  # seconds a client may stay silent before its connection (and thread) is dropped
         protocol_version = "HTTP/1.1"
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002  (the base class's name)
+        def log_message(self, format: str, *args: Any) -> None:
             return  # quiet: errors are logged where they happen
 
         # ---------------------------------------------------------------- plumbing
@@ -256,8 +256,9 @@ def _handler(app: App) -> type[BaseHTTPRequestHandler]:
             self._json(status, {"error": message})
 
         def _host_ok(self) -> bool:
-            bound = self.server.server_address[0]
-            if bound not in _LOOPBACK and bound != "::1":
+            address: Any = self.server.server_address
+            bound = str(address[0])
+            if bound not in _LOOPBACK:
                 return True  # the user chose to serve the network (--host); names are theirs
             host = self.headers.get("Host", "")
             name = host.rsplit(":", 1)[0].strip("[]") if not host.startswith("[") else host[1:].split("]")[0]
@@ -295,13 +296,13 @@ def _handler(app: App) -> type[BaseHTTPRequestHandler]:
                 traceback.print_exc(file=sys.stderr)
                 self._error(HTTPStatus.INTERNAL_SERVER_ERROR, f"internal error: {type(err).__name__}: {err}")
 
-        def do_GET(self) -> None:  # noqa: N802  (http.server's name)
+        def do_GET(self) -> None:
             self._dispatch("GET")
 
-        def do_HEAD(self) -> None:  # noqa: N802
+        def do_HEAD(self) -> None:
             self._dispatch("GET")
 
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             self._dispatch("POST")
 
         # ---------------------------------------------------------------- routes

@@ -129,4 +129,4 @@ def signed_map(raw: np.ndarray, cell: int = 32, cmap: str = "RdBu_r") -> Any:
     picture = Image.fromarray(colorize(np.clip(levels, 0.0, 255 / 256), cmap))
     h, w = values.shape
     factor = max(1, min(cell, 512 // max(h, w)))  # at most 512 pixels a side unless the map is larger
-    return picture.resize((w * factor, h * factor), Image.NEAREST)
+    return picture.resize((w * factor, h * factor), Image.Resampling.NEAREST)
