@@ -369,3 +369,46 @@ def test_page_upload_select_images_load_and_bad_uploads(browser_page: tuple[Any,
     page.select_option("#demo", "coffee")
     assert _settled(page) == "done" and page.inner_text("#message") == ""
     assert page.inner_text("#photo-name").startswith("coffee")
+
+
+# ------------------------------------------------------------------------------------------------ command line
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--port", "70000"], "--port must be in [0, 65535], got 70000"),
+        (["--max-upload-mb", "0"], "--max-upload-mb must be > 0, got 0"),
+        (["--model", "no_such_model"], "unknown model 'no_such_model'"),
+        (["--weights", "w.pth"], "--weights and --model-arg apply to one --model"),
+    ],
+)
+def test_app_command_bad_flags_are_one_line(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from camlens.cli import main
+
+    assert main(["app", *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_app_command_serves_its_models_on_localhost() -> None:
+    import os
+    import subprocess
+    import sys
+
+    code = "import sys; from camlens.cli import main; sys.exit(main(sys.argv[1:]))"
+    argv = [sys.executable, "-c", code, "app", "--port", "0", "--model", "tests.nets:GapNet"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), *sys.path])}
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        assert line.startswith("camlens app: http://127.0.0.1:"), line + (process.stderr.read() if process.stderr else "")
+        port = int(line.split("http://127.0.0.1:")[1].split("/")[0])
+        status, config = Client(port).request("GET", "/api/config")
+        # the model given first, then the built-in models whose weights are installed
+        assert status == 200 and config["models"][0] == "tests.nets:GapNet"
+        assert Client(port).request("GET", "/api/models/tests.nets%3AGapNet")[1]["size"] == 224
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

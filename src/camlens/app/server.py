@@ -282,8 +282,7 @@ def _handler(app: App) -> type[BaseHTTPRequestHandler]:
                 if not self._host_ok():
                     self.close_connection = True
                     raise _HTTPError(HTTPStatus.FORBIDDEN, "unexpected Host header")
-                path = unquote(urlsplit(self.path).path)
-                self._route(method, path)
+                self._route(method, urlsplit(self.path).path)
             except _HTTPError as err:
                 self._error(err.status, err.message)
             except _Busy as err:
@@ -308,7 +307,8 @@ def _handler(app: App) -> type[BaseHTTPRequestHandler]:
         # ---------------------------------------------------------------- routes
 
         def _route(self, method: str, path: str) -> None:
-            parts = [p for p in path.split("/") if p]
+            # split before unquoting: a model named by a file path ("models/net.pt") is one part, %2F inside
+            parts = [unquote(p) for p in path.split("/") if p]
             ws = app.workspace
             if method == "GET" and (path == "/" or (len(parts) == 2 and parts[0] == "static")):
                 name = "index.html" if path == "/" else parts[1]
