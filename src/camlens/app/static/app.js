@@ -114,6 +114,7 @@ async function run() {
   if (state.job) await cancel();
   message("");
   setState("running");
+  $("results").classList.add("stale");
   $("status").textContent = "working...";
   $("cancel").disabled = false;
   try {
@@ -126,6 +127,7 @@ async function run() {
 }
 
 function finish() {
+  $("results").classList.remove("stale");
   $("cancel").disabled = true;
   $("progress").hidden = true;
   clearTimeout(state.timer);
@@ -186,10 +188,14 @@ function curves(data) {
     t.textContent = `${name} AUC ${c.auc === null ? "n/a" : c.auc.toFixed(3)}`;
     svg.appendChild(t);
   }
-  const label = document.createElementNS(NS, "text");
-  label.setAttribute("x", L); label.setAttribute("y", H - 4);
-  label.textContent = `fraction of pixels (0..1); probability (0..${top.toFixed(2)})`;
-  svg.appendChild(label);
+  for (const [tx, ty, text] of [[L, H - 4, "0  fraction of pixels  1"], [2, 14, top.toFixed(2)], [2, H - B, "0"]]) {
+    const label = document.createElementNS(NS, "text");
+    label.setAttribute("x", tx); label.setAttribute("y", ty); label.textContent = text;
+    svg.appendChild(label);
+  }
+  const title = document.createElementNS(NS, "title");
+  title.textContent = "probability of the class as the most salient pixels are deleted (red) or inserted (blue)";
+  svg.appendChild(title);
   return svg;
 }
 
