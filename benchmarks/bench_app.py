@@ -32,8 +32,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from camlens._perturb import Cancelled, observe  # noqa: E402
-from camlens.app import Workspace  # noqa: E402
+from camlens._perturb import Cancelled, observe
+from camlens.app import Workspace
 
 
 def main() -> None:

@@ -197,7 +197,7 @@ class Client:
 def served() -> Iterator[tuple[Client, App, Gated]]:
     model = Gated()
     app = App(Workspace({"tiny": _bundle(model)}, Limits(max_upload_bytes=50_000, max_pixels=20_000)), queue=1)
-    server = app.server("127.0.0.1", 0, connections=4)
+    server = app.server("127.0.0.1", 0, connections=4, timeout=1.0)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -257,6 +257,25 @@ def test_http_body_over_the_limit_is_refused_unread(served: tuple[Client, App, G
     conn.endheaders()
     assert conn.getresponse().status == 411
     conn.close()
+
+
+def test_silent_clients_hold_no_thread_for_long(served: tuple[Client, App, Gated]) -> None:
+    import socket
+
+    client, _, _ = served
+    # as many silent connections as handler threads, and as many again waiting (a slowloris)
+    silent = [socket.create_connection(("127.0.0.1", client.port)) for _ in range(8)]
+    try:
+        started = time.monotonic()
+        status, _ = client.request("GET", "/api/config")
+        waited = time.monotonic() - started
+        assert status == 200
+        # four threads held by the first four silent clients for the 1 s timeout, then by the next four:
+        # about 2 s, bounded by the timeout, never the silent clients' lifetime
+        assert 1.0 <= waited < 8, waited
+    finally:
+        for s in silent:
+            s.close()
 
 
 def test_http_queue_is_bounded_and_a_job_can_be_cancelled(served: tuple[Client, App, Gated]) -> None:
@@ -403,7 +422,9 @@ def test_app_command_serves_its_models_on_localhost() -> None:
     try:
         assert process.stdout is not None
         line = process.stdout.readline()
-        assert line.startswith("camlens app: http://127.0.0.1:"), line + (process.stderr.read() if process.stderr else "")
+        assert line.startswith("camlens app: http://127.0.0.1:"), line + (
+            process.stderr.read() if process.stderr else ""
+        )
         port = int(line.split("http://127.0.0.1:")[1].split("/")[0])
         status, config = Client(port).request("GET", "/api/config")
         # the model given first, then the built-in models whose weights are installed

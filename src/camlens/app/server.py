@@ -9,7 +9,8 @@ Shape:
 
 * connections: a :class:`_Server` hands each accepted connection to a fixed pool of ``connections`` threads;
   a connection beyond ``2 x connections`` waiting ones is closed at once (one user cannot pile up threads),
-  and every socket has a timeout (a client that stops sending frees its thread);
+  every socket has a timeout (a client that stops sending frees its thread), and every answer closes its
+  connection (no idle keep-alive connection holds a thread);
 * work: ``POST /api/jobs`` queues an explanation on a pool of ``workers`` threads and returns at once; beyond
   ``queue`` waiting jobs the answer is 503 "busy". The page polls ``GET /api/jobs/ID`` for progress and the
   result and may ``POST /api/jobs/ID/cancel``: the job's observer (:func:`camlens._perturb.observe`, called
@@ -169,9 +170,13 @@ class App:
 
     # ------------------------------------------------------------------------------------------ HTTP
 
-    def server(self, host: str = "127.0.0.1", port: int = 0, *, connections: int = 8) -> _Server:
-        """An HTTP server for this app, bound (not yet serving: call ``serve_forever``)."""
-        return _Server((host, port), _handler(self), connections)
+    def server(self, host: str = "127.0.0.1", port: int = 0, *, connections: int = 8, timeout: float = 10.0) -> _Server:
+        """An HTTP server for this app, bound (not yet serving: call ``serve_forever``).
+
+        ``connections`` handler threads; ``timeout`` seconds a client may stay silent before its connection
+        (and its thread) is dropped.
+        """
+        return _Server((host, port), _handler(self, timeout), connections)
 
 
 class _Busy(RequestError):
@@ -223,11 +228,11 @@ class _Server(HTTPServer):
                 break
 
 
-def _handler(app: App) -> type[BaseHTTPRequestHandler]:
+def _handler(app: App, silence: float) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "camlens-app"
         sys_version = ""
-        timeout = 30  # seconds a client may stay silent before its connection (and thread) is dropped
+        timeout = silence  # seconds a client may stay silent before its connection (and thread) is dropped
         protocol_version = "HTTP/1.1"
 
         def log_message(self, format: str, *args: Any) -> None:
@@ -245,6 +250,10 @@ def _handler(app: App) -> type[BaseHTTPRequestHandler]:
             self.send_header("Cache-Control", "no-store")
             for key, value in (extra or {}).items():
                 self.send_header(key, value)
+            # one request per connection: an idle keep-alive connection would hold one of the few handler
+            # threads for `timeout` seconds (a browser keeps six), and a new local connection costs nothing
+            self.send_header("Connection", "close")
+            self.close_connection = True
             self.end_headers()
             if self.command != "HEAD":
                 self.wfile.write(body)
