@@ -270,9 +270,10 @@ def test_silent_clients_hold_no_thread_for_long(served: tuple[Client, App, Gated
         status, _ = client.request("GET", "/api/config")
         waited = time.monotonic() - started
         assert status == 200
-        # four threads held by the first four silent clients for the 1 s timeout, then by the next four:
+        # four threads held by the first four silent clients for the 1 s timeout (counted from their connect,
+        # before `started`), then by the next four:
         # about 2 s, bounded by the timeout, never the silent clients' lifetime
-        assert 1.0 <= waited < 8, waited
+        assert 0.5 <= waited < 8, waited
     finally:
         for s in silent:
             s.close()
