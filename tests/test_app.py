@@ -243,6 +243,26 @@ def test_http_explain_downloads_and_hostile_requests(served: tuple[Client, App, 
     assert client.request("GET", "/api/config")[0] == 200
 
 
+def test_the_page_names_no_other_origin_and_the_policy_forbids_one(served: tuple[Client, App, Gated]) -> None:
+    import re
+    from importlib import resources
+
+    client, _, _ = served
+    static = resources.files("camlens.app").joinpath("static")
+    names = sorted(f.name for f in static.iterdir())
+    assert names == ["app.css", "app.js", "index.html"]
+    for name in names:
+        text = static.joinpath(name).read_text()
+        # the only absolute URL is SVG's XML namespace, an identifier that is never fetched
+        assert set(re.findall(r"[a-z]+://[^\s\"'`)]+", text)) <= {"http://www.w3.org/2000/svg"}, name
+        assert "@import" not in text and "//cdn" not in text
+    conn = http.client.HTTPConnection("127.0.0.1", client.port, timeout=10)
+    conn.request("GET", "/")
+    policy = conn.getresponse().getheader("Content-Security-Policy", "")
+    conn.close()
+    assert "default-src 'none'" in policy and "script-src 'self'" in policy and "connect-src 'self'" in policy
+
+
 def test_http_body_over_the_limit_is_refused_unread(served: tuple[Client, App, Gated]) -> None:
     client, _, _ = served
     conn = http.client.HTTPConnection("127.0.0.1", client.port, timeout=10)
