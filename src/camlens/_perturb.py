@@ -9,11 +9,21 @@ target each row is scored for.
 
 What a removed pixel becomes is one concept too, :func:`baseline`: IG's path start, LIME's switched-off
 superpixels, occlusion's window, and the substrate of deletion / insertion all call it.
+
+Progress and cancel have one place too, this loop: :func:`observe` installs a callback (a context variable,
+so it belongs to one thread or task) that :func:`perturbed_scores` calls before the first chunk and after
+every chunk with ``(rows done, rows in all, desc)`` (:func:`report_progress`); a callback that raises
+:class:`Cancelled` stops the call between two chunks, and the method's ``finally`` hands the model back as
+after any exception. ``camlens app`` drives its progress bar and its Cancel button through it; Score-CAM,
+Ablation-CAM, LIME, occlusion, RISE and the faithfulness curves report through it because they all run here,
+and Integrated Gradients / SmoothGrad because their row loop calls :func:`report_progress` too.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, Union
 
 import numpy as np
@@ -24,12 +34,15 @@ __all__ = [
     "BASELINES",
     "PRECISIONS",
     "Baseline",
+    "Cancelled",
     "baseline",
     "blur",
     "check_baseline",
     "check_precision",
     "fast_layout",
+    "observe",
     "perturbed_scores",
+    "report_progress",
 ]
 
 Baseline = Union[str, float, torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]
@@ -65,6 +78,49 @@ def _to_float32(output: Any) -> Any:
         return {k: _to_float32(v) for k, v in output.items()}
     return output
 
+Observer = Callable[[int, int, str], None]
+# Module-level state like the model locks of _state.py: a ContextVar is per thread (and per asyncio task), so an
+# observer set by one request of a server never sees another request's chunks.
+_OBSERVER: ContextVar[Observer | None] = ContextVar("camlens_perturb_observer", default=None)
+
+
+class Cancelled(Exception):
+    """Raised by an :func:`observe` callback to stop a long call between two chunks.
+
+    Not a ``RuntimeError`` on purpose: camlens catches ``RuntimeError`` in a few fallbacks (an op without a
+    vmap rule, a layer replay that does not fit), and a cancel must never be taken for one of those.
+    """
+
+
+@contextmanager
+def observe(callback: Observer) -> Iterator[None]:
+    """Call ``callback(done, total, desc)`` from every :func:`perturbed_scores` loop run inside the block.
+
+    ``done`` counts rows scored so far (0 before the first chunk), ``total`` the rows of that loop, ``desc``
+    its label (``"score-cam masks"``...); one explanation may run several loops. The callback may raise
+    :class:`Cancelled` (or anything else) to stop the call; the model is restored by the method's ``finally``.
+
+    Example:
+        >>> with observe(lambda done, total, desc: print(desc, done, total)):
+        ...     camlens.explain(model, x, "scorecam")
+    """
+    token = _OBSERVER.set(callback)
+    try:
+        yield
+    finally:
+        _OBSERVER.reset(token)
+
+
+def report_progress(done: int, total: int, desc: str) -> None:
+    """Tell the :func:`observe` callback of this thread, if any, that ``done`` of ``total`` rows are scored.
+
+    Called by :func:`perturbed_scores` and by the one other chunked loop, the forward + backward rows of
+    Integrated Gradients and SmoothGrad (``methods/integrated.py``), so their calls report and cancel too.
+    """
+    observer = _OBSERVER.get()
+    if observer is not None:
+        observer(done, total, desc)
+
 
 def perturbed_scores(
     forward: Callable[[slice], Any],
@@ -89,8 +145,8 @@ def perturbed_scores(
         desc: label of the progress bar.
         progress: tqdm bar with ETA; ``None`` shows it only for 256 rows or more.
         precision: ``"float32"`` runs the model as it is (exact); ``"bfloat16"`` / ``"float16"`` run each
-            forward under ``torch.autocast`` in that precision (2-3x faster on CPUs with AMX,
-            docs/benchmarks.md; scores then differ from float32's by ~1e-3, docs/benchmarks.md) and
+            forward under ``torch.autocast`` in that precision (2-3x faster on CPUs with AMX;
+            scores then differ from float32's by ~1e-3, docs/benchmarks.md) and
             cast the output back to float32 before scoring.
         device: where the model runs, for autocast (default: ``owners``' device).
 
@@ -112,6 +168,7 @@ def perturbed_scores(
     disable = total < 256 if progress is None else not progress
     parts = []
     with torch.inference_mode(), tqdm(total=total, desc=desc, unit="row", disable=disable, leave=False) as bar:
+        report_progress(0, total, desc)
         for start in range(0, total, batch_size):
             rows = slice(start, min(start + batch_size, total))
             if dtype is None:
@@ -122,6 +179,7 @@ def perturbed_scores(
                 output = _to_float32(output)
             parts.append(scorer(output, owners[rows]))
             bar.update(rows.stop - rows.start)
+            report_progress(rows.stop, total, desc)
     return torch.cat(parts) if parts else torch.empty(0)
 
 

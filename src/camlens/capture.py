@@ -46,6 +46,7 @@ __all__ = [
     "find_layer",
     "grid_of",
     "layer_names",
+    "layer_table",
     "read_layout",
     "resolve_layer",
     "token_grid",
@@ -441,6 +442,36 @@ def _submodule(model: nn.Module, name: str) -> nn.Module | None:
         return model.get_submodule(name)
     except AttributeError:
         return None
+
+
+@dataclass(frozen=True)
+class LayerRow:
+    """One layer a user can pick (a row of ``camlens layers``): its name as ``layer=`` takes it, the
+    (C, h, w) grid it gives, its layout kind, its raw output shape, and whether it is the default."""
+
+    name: str
+    grid: tuple[int, ...]
+    kind: str
+    shape: tuple[int, ...]
+    default: bool
+
+
+def layer_table(model: nn.Module, x: torch.Tensor) -> list[LayerRow]:
+    """Every call whose output reads as a grid, in the order calls return, the default marked.
+
+    The one listing behind ``camlens layers`` and the app's layer menu: one traced forward (:func:`trace_calls`)
+    and the automatic choice (:func:`find_layer`).
+    """
+    default = str(find_layer(model, x))
+    rows = []
+    for c in trace_calls(model, x):
+        found = grid_of(model, c, x.shape[-2:])
+        if found is None or c.shape is None:
+            continue
+        layout, grid = found
+        name = str(c.layer)
+        rows.append(LayerRow(name, tuple(grid[1:]), layout.kind, tuple(c.shape[1:]), name == default))
+    return rows
 
 
 def count_calls(model: nn.Module, x: torch.Tensor, module: nn.Module) -> int:

