@@ -311,7 +311,8 @@ def _picture(model: nn.Module, data: Captions, path: Path, count: int = 4) -> No
         photo = Image.fromarray(gray).resize((w, h), Image.Resampling.NEAREST).convert("RGB")
         words = [WORDS[int(t)] for t in decoded[i]]
         caption = " ".join(words[: words.index("<eos>")] if "<eos>" in words else words)
-        tiles.append(viz.draw_box(photo, None, f"caption: {caption}"))
+        truth = " ".join(str(int(d)) for d in data.digits[i, : int(data.lengths[i])])
+        tiles.append(viz.draw_box(photo, None, f"caption: {caption} (true: {truth})"))
         for j in range(MAX_DIGITS):
             if j >= int(data.lengths[i]):
                 tiles.append(Image.new("RGB", (w, h), (255, 255, 255)))
