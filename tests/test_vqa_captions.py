@@ -122,7 +122,9 @@ def test_bench_vqa_cli_writes_results_inside_out(tmp_path: Path, capsys: pytest.
     accuracy = record["test_accuracy"]
     by_kind = sum(accuracy[k]["pct"] * accuracy[k]["n"] for k in vqa.KINDS if k in accuracy) / n
     assert by_kind == pytest.approx(accuracy["all"]["pct"])
-    assert results["summary"]["pointing"]["0px"]["pred"]["all"]["mean"] == record["pointing"]["0px"]["pred"]["all"]["pct"]
+    assert (
+        results["summary"]["pointing"]["0px"]["pred"]["all"]["mean"] == record["pointing"]["0px"]["pred"]["all"]["pct"]
+    )
 
 
 def test_bench_vqa_without_easy_vqa_is_one_line(

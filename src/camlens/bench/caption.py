@@ -48,7 +48,7 @@ from camlens.bench.wsol_digits import _load_digits, _pool, _resize, _tight
 __all__ = ["Captioner", "Captions", "explain_words", "make_captions", "run"]
 
 EOS, BOS, PAD = 10, 11, 12  # words 0-9 are the digits
-WORDS = tuple(str(d) for d in range(10)) + ("<eos>",)
+WORDS = (*(str(d) for d in range(10)), "<eos>")
 MAX_DIGITS = 3
 LAYER = "features"
 QUICK = {"n_train": 600, "n_test": 100, "epochs": 2}
@@ -294,7 +294,7 @@ def point(model: nn.Module, data: Captions, batch_size: int = 200, progress: boo
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
-def _picture(model: nn.Module, data: Captions, path: Path, count: int = 4) -> None:
+def _picture(model: Captioner, data: Captions, path: Path, count: int = 4) -> None:
     """Rows of test canvases: the canvas with the greedy caption, then each word's map with its maximum."""
     from PIL import Image
 
@@ -334,7 +334,7 @@ def _command(config: dict[str, Any], out: Path) -> list[str]:
     ]  # fmt: skip
 
 
-def _one_seed(seed: int, config: dict[str, Any], progress: bool) -> tuple[nn.Module, Captions, dict[str, Any]]:
+def _one_seed(seed: int, config: dict[str, Any], progress: bool) -> tuple[Captioner, Captions, dict[str, Any]]:
     t = time.perf_counter()
     train = make_captions(config["n_train"], seed=seed, split="train")
     test = make_captions(config["n_test"], seed=seed, split="test")
@@ -365,9 +365,7 @@ def _one_seed(seed: int, config: dict[str, Any], progress: bool) -> tuple[nn.Mod
         "history": history,
         "caption_exact_match": _common.hit_rate(exact),
         "greedy_word_accuracy": _common.hit_rate(word_right, names),
-        "pointing": {
-            k: _common.hit_rate(trials[k], groups) for k in ("hit", "other", "centre", "slot", "random")
-        },
+        "pointing": {k: _common.hit_rate(trials[k], groups) for k in ("hit", "other", "centre", "slot", "random")},
         "timing": {"train_s": train_s, "explain_s": time.perf_counter() - t},
     }
     return model, test, record

@@ -249,14 +249,14 @@ def _batches(data: VQASet, images_per_batch: int) -> Any:
     return epoch
 
 
-def _loss(model: nn.Module, batch: Any) -> tuple[torch.Tensor, int, int]:
+def _loss(model: Any, batch: Any) -> tuple[torch.Tensor, int, int]:
     images, owner, questions, answers = batch
     logits = model.answer(model.image(images)[owner], questions)
     return F.cross_entropy(logits, answers), int((logits.argmax(1) == answers).sum()), len(answers)
 
 
 @torch.no_grad()
-def predict(model: nn.Module, data: VQASet, batch_size: int = 512) -> torch.Tensor:
+def predict(model: VQANet, data: VQASet, batch_size: int = 512) -> torch.Tensor:
     """(Q,) the model's answer to every question of ``data``."""
     features = torch.cat([model.image(data.images[i : i + batch_size]) for i in range(0, len(data.images), batch_size)])
     out = [
@@ -267,7 +267,7 @@ def predict(model: nn.Module, data: VQASet, batch_size: int = 512) -> torch.Tens
 
 
 def point(
-    model: nn.Module,
+    model: VQANet,
     data: VQASet,
     predicted: torch.Tensor,
     tolerances: Sequence[float] = TOLERANCES,
@@ -320,7 +320,7 @@ def _tol(tolerance: float) -> str:
     return f"{tolerance:g}px"
 
 
-def _picture(model: nn.Module, data: VQASet, predicted: torch.Tensor, path: Path, count: int = 9) -> None:
+def _picture(model: VQANet, data: VQASet, predicted: torch.Tensor, path: Path, count: int = 9) -> None:
     """A sheet of test questions (three of each type): the predicted answer's map, its maximum and the question."""
     from PIL import Image
 

@@ -637,7 +637,7 @@ def pointing_game(
     tolerance: float = 15,
     ties: str = "first",
     *,
-    masks: Sequence[Any] | None = None,
+    masks: Any = None,
 ) -> np.ndarray:
     """Pointing game hits (Zhang et al., "Top-down Neural Attention by Excitation Backprop", ECCV 2016, sec. 5.1).
 
@@ -668,7 +668,8 @@ def pointing_game(
             y0 <= r + 0.5 < y1.
         tolerance: pixels, >= 0.
         ties: ``"first"``, ``"all"`` or ``"any"``.
-        masks: instead of ``gt_boxes``, B (H, W) boolean masks of the maps' size, each with a pixel set.
+        masks: instead of ``gt_boxes``, B (H, W) boolean masks (a list or a (B, H, W) tensor/array) of the
+            maps' size, each with a pixel set.
 
     Returns:
         (B,) bool, True for a hit. Per-class accuracy and its mean: :func:`pointing_accuracy`.
@@ -685,7 +686,8 @@ def pointing_game(
     maps = list(saliency) if isinstance(saliency, (list, tuple)) else list(np.asarray(saliency))
     if (gt_boxes is None) == (masks is None):
         raise ValueError("pointing_game needs either gt_boxes or masks (one of them)")
-    regions, kind = (gt_boxes, "box lists") if masks is None else (masks, "masks")
+    regions: Any = gt_boxes if masks is None else masks
+    kind = "box lists" if masks is None else "masks"
     if len(maps) != len(regions):
         raise ValueError(f"pointing_game got {len(maps)} maps but {len(regions)} {kind}; give one per map")
     hits = np.zeros(len(maps), dtype=bool)
