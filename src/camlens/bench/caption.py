@@ -1,7 +1,7 @@
 """Grad-CAM for image captioning (the Grad-CAM paper's captioning example), on strings of handwritten digits.
 
 Selvaraju et al., "Grad-CAM: Visual Explanations from Deep Networks via Gradient-based Localization",
-ICCV 2017, sec. 7.1 (Fig. 5): a captioner (neuraltalk2: CNN + LSTM) is explained by Grad-CAM of the log
+ICCV 2017, section on image captioning: a captioner (neuraltalk2: CNN + LSTM) is explained by Grad-CAM of the log
 probability of its caption at the CNN's last conv layer; the paper shows that the maps fall on the objects
 the caption names, judged by eye and against DenseCap boxes. Here the captions are digit strings with exact
 boxes, so each word's map is scored:

@@ -1,9 +1,9 @@
 """Grad-CAM for visual question answering (the Grad-CAM paper's VQA example), trained here on easy-VQA.
 
 Selvaraju et al., "Grad-CAM: Visual Explanations from Deep Networks via Gradient-based Localization",
-ICCV 2017, sec. 7.2 (and Fig. 8): a VQA model (CNN image features fused with an LSTM question encoding)
-is explained by Grad-CAM of the answer's score at the CNN's last conv layer, and the maps are judged by
-eye. This application measures what the paper shows qualitatively, on data with exact regions:
+ICCV 2017, section on VQA: a VQA model (CNN image features fused with an LSTM question encoding by a
+pointwise product) is explained by Grad-CAM of the answer's score at the CNN's last conv layer, and the maps
+are shown as figures. This application measures what the paper shows qualitatively, on data with exact regions:
 
 * data: easy-VQA (the ``easy-vqa`` package; 4000 train and 1000 test 64x64 images, each one coloured shape
   (circle, rectangle or triangle) on a plain light background, 38575 / 9673 questions with 13 answers).
