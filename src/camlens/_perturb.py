@@ -78,6 +78,7 @@ def _to_float32(output: Any) -> Any:
         return {k: _to_float32(v) for k, v in output.items()}
     return output
 
+
 Observer = Callable[[int, int, str], None]
 # Module-level state like the model locks of _state.py: a ContextVar is per thread (and per asyncio task), so an
 # observer set by one request of a server never sees another request's chunks.

@@ -138,6 +138,23 @@ def _parser() -> argparse.ArgumentParser:
     wsol.add_argument("--epochs", type=int, default=6, help="training epochs per net (default 6)")
     wsol.add_argument("--size", default="12,26", help="MIN,MAX digit height in pixels (default 12,26)")
     wsol.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    structured = {
+        "vqa": ("the Grad-CAM paper's VQA example: a small VQA net trained on easy-VQA, pointing game on the "
+                "shape", "all 4000", "all 1000", 6),
+        "caption": ("the Grad-CAM paper's captioning example: a CNN + GRU captioner of handwritten digit "
+                    "strings, pointing game per word", "6000", "1000", 6),
+    }  # fmt: skip
+    for name, (text, n_train, n_test, epochs) in structured.items():
+        b = bench_sub.add_parser(name, help=text)
+        b.add_argument("--out", default=f"camlens-{name}", help=f"output folder (default camlens-{name})")
+        b.add_argument(
+            "--seeds", "--seed", default="0,1,2", help="comma-separated seeds, one model each (default 0,1,2)"
+        )
+        b.add_argument("--train", type=int, help=f"training images (default {n_train}; --quick: a few hundred)")
+        b.add_argument("--test", type=int, help=f"test images (default {n_test}; --quick: fewer)")
+        b.add_argument("--epochs", type=int, help=f"training epochs (default {epochs}; --quick: fewer)")
+        b.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+        b.add_argument("--quick", action="store_true", help="a small run in well under a minute (plumbing, tutorials)")
     ap = sub.add_parser(
         "app",
         help="a local page to explore explanations interactively (pip install 'camlens[app]')",
@@ -777,14 +794,22 @@ def _gapify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _integers(flag: str, text: str, example: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise _UsageError(f"{flag} takes comma-separated integers, e.g. {example}; got {text!r}") from None
+
+
+def _seeds(text: str) -> list[int]:
+    seeds = _integers("--seeds", text, "0,1,2")
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise _UsageError(f"--seeds needs distinct integers, e.g. 0,1,2; got {text!r}")
+    return seeds
+
+
 def _bench_wsol(args: argparse.Namespace) -> int:
     from camlens.bench import wsol_digits
-
-    def integers(flag: str, text: str, example: str) -> list[int]:
-        try:
-            return [int(v) for v in text.split(",") if v.strip()]
-        except ValueError:
-            raise _UsageError(f"{flag} takes comma-separated integers, e.g. {example}; got {text!r}") from None
 
     _check_flags(
         args,
@@ -793,10 +818,8 @@ def _bench_wsol(args: argparse.Namespace) -> int:
         ("--epochs", args.epochs, 1, None),
         ("--threads", args.threads, 1, None),
     )
-    seeds = integers("--seeds", args.seeds, "0,1,2")
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise _UsageError(f"--seeds needs distinct integers, e.g. 0,1,2; got {args.seeds!r}")
-    size = integers("--size", args.size, "12,26")
+    seeds = _seeds(args.seeds)
+    size = _integers("--size", args.size, "12,26")
     if len(size) != 2 or not 1 <= size[0] <= size[1] <= 46:
         raise _UsageError(f"--size is MIN,MAX digit height, 1 <= MIN <= MAX <= 46 (48 px canvas); got {args.size!r}")
     try:
@@ -813,6 +836,32 @@ def _bench_wsol(args: argparse.Namespace) -> int:
         raise _UsageError(str(err)) from err
     print((Path(args.out) / "table.md").read_text())
     seconds = results.get("timing", {}).get("total_wall_s", 0.0)
+    print(f"camlens: wrote {Path(args.out).resolve()} ({seconds:.0f} s)", file=sys.stderr)
+    return 0
+
+
+def _bench_structured(args: argparse.Namespace) -> int:
+    """``camlens bench vqa`` / ``bench caption``: train, explain with Grad-CAM, pointing game; results under --out."""
+    import importlib
+
+    module = importlib.import_module(f"camlens.bench.{args.bench}")
+    _check_flags(
+        args,
+        ("--train", args.train, 1, None),
+        ("--test", args.test, 1, None),
+        ("--epochs", args.epochs, 1, None),
+        ("--threads", args.threads, 1, None),
+    )
+    sizes = dict(module.QUICK) if args.quick else {}
+    sizes |= {
+        k: v for k, v in (("n_train", args.train), ("n_test", args.test), ("epochs", args.epochs)) if v is not None
+    }
+    try:
+        results = module.run(args.out, seeds=_seeds(args.seeds), threads=args.threads, **sizes)
+    except ImportError as err:
+        raise _UsageError(str(err)) from err
+    print(module.table(results))
+    seconds = results["timing"]["total_wall_s"]
     print(f"camlens: wrote {Path(args.out).resolve()} ({seconds:.0f} s)", file=sys.stderr)
     return 0
 
@@ -936,8 +985,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "gapify":
             return _gapify(args)
         if args.command == "bench":
+            if args.bench in ("vqa", "caption"):
+                return _bench_structured(args)
             if args.bench != "wsol":
-                raise _UsageError("say which benchmark: camlens bench wsol")
+                raise _UsageError("say which benchmark: camlens bench wsol | vqa | caption")
             return _bench_wsol(args)
         if args.command == "report":
             print(_report(Path(args.run)))
