@@ -494,6 +494,37 @@ class LocalizationMeter:
         self.n += other.n
         return self
 
+    def state_dict(self) -> dict[str, Any]:
+        """Everything added so far as plain Python values (JSON-ready: ints, lists, the ``per_image`` records),
+        for :meth:`load_state_dict`; the settings are not included (give the same ones to the new meter)."""
+        return {
+            "n": self.n,
+            "counts": [self._top1_cls, self._topk_cls, self._top1_loc, self._topk_loc, self._gt_known, self._n_masks],
+            "largest_correct": self._largest_correct.tolist(),
+            "any_correct": self._any_correct.tolist(),
+            "fg_hist": self._fg_hist.tolist(),
+            "bg_hist": self._bg_hist.tolist(),
+            "per_image": [{**r, "box": None if r["box"] is None else list(r["box"])} for r in self.per_image],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> LocalizationMeter:
+        """Replace this meter's images by those of ``state`` (from :meth:`state_dict` of a meter with the same
+        settings); returns self. Used to resume and to merge evaluations run in several processes."""
+        largest = np.asarray(state["largest_correct"], dtype=np.int64)
+        counts = np.asarray(state["any_correct"], dtype=np.int64)
+        fg, bg = np.asarray(state["fg_hist"], dtype=np.int64), np.asarray(state["bg_hist"], dtype=np.int64)
+        if largest.shape != self._largest_correct.shape or counts.shape != self._any_correct.shape:
+            raise ValueError("load_state_dict: the state was saved by a meter with other cam or IoU thresholds")
+        if fg.shape != self._fg_hist.shape or bg.shape != self._bg_hist.shape:
+            raise ValueError("load_state_dict: the state was saved by a meter with other cam thresholds")
+        self.n = int(state["n"])
+        (self._top1_cls, self._topk_cls, self._top1_loc, self._topk_loc, self._gt_known, self._n_masks) = (
+            int(c) for c in state["counts"]
+        )
+        self._largest_correct, self._any_correct, self._fg_hist, self._bg_hist = largest, counts, fg, bg
+        self.per_image = [{**r, "box": None if r["box"] is None else tuple(r["box"])} for r in state["per_image"]]
+        return self
+
     def curves(self) -> dict[str, np.ndarray]:
         """Box accuracy (percent) at every cam threshold: ``thresholds`` (T,), ``boxacc`` (T,) for the
         largest box at IoU 0.5, and ``boxacc_v2_{delta}`` (T,) for all boxes (Choe et al. 2020, Fig. 5)."""
