@@ -202,7 +202,7 @@ def main() -> None:
     for w in workers:
         keys = [k for k in stages[w][0] if k != "wall"]
         share = {k: statistics.median(s[k] / s["wall"] for s in stages[w]) for k in keys}
-        share["other (maps to photo size, records)"] = 1 - sum(share.values())
+        share["other (records, bookkeeping)"] = max(0.0, 1 - sum(share.values()))
         doc["stage_share"][f"w{w}"] = share
         print(f"  workers {w}: " + ", ".join(f"{k} {100 * v:.0f}%" for k, v in share.items()))
     print(

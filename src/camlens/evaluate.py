@@ -275,9 +275,15 @@ def evaluate(
         topk: K of the top-K errors (the CAM paper: 5), >= 1.
         threshold: the CAM paper's box threshold, a fraction of the map's maximum in (0, 1].
         batch_size: images per batch, >= 1.
-        workers: DataLoader worker processes (0: read images in this process).
+        workers: DataLoader worker processes (0: read images in this process; ``None``: one when there is more
+            than one batch, so decoding overlaps the model).
         limit: evaluate only the first ``limit`` images (>= 1; ``None``: all).
-        out: folder for the table, example pictures and curve plots (nothing written if ``None``).
+        out: folder for the table, example pictures and curve plots (nothing written if ``None``), and for
+            ``progress/``: one record per batch, written as it finishes. The same call again continues a killed
+            run (it says how many images it skips) and gives the table of an uninterrupted run; a run with
+            another model, method set, data set or setting there is refused (ValueError).
+        device: where the model, the maps and the metrics' forwards run (``"cuda"``, ``"cuda:1"``, ``"mps"``);
+            the threshold sweeps run on the CPU (numpy / scipy).
         examples: example pictures per method (0: none).
         steps: steps of the deletion / insertion curves, >= 1.
         sanity_images: images of the sanity check, >= 1.
@@ -285,9 +291,13 @@ def evaluate(
         max_pixels: refuse (skip) images with more pixels than this, checked from the file's header before
             decoding (``None``: no limit).
 
+    Under ``torch.distributed`` (e.g. ``torchrun``; the process group initialised by the caller, as the CLI
+    does) the batches are shared round-robin over the ranks, each image exactly once; every rank returns the
+    merged table, and rank 0 alone draws the pictures, runs the sanity check and writes the files.
+
     Raises:
         ValueError: an argument out of range, unknown method or metric, a data set without labels for
-            localisation metrics, or no image that could be read.
+            localisation metrics, no image that could be read, or ``out`` holding another run.
     """
     import camlens
     from camlens import data as datasets
@@ -333,7 +343,6 @@ def evaluate(
         "steps": steps,
         "layer": layer,
         "max_pixels": max_pixels,
-        "sanity_images": sanity_images,
     }
     progress_files = None
     if outdir is not None:
@@ -393,9 +402,11 @@ def evaluate(
     first = [i for r in ordered for i in r["index"]]
     preds = [p for r in ordered for p in r["pred"]]
     if "sanity" in wanted:
-        x = _inputs(images, first[:sanity_images])
-        pred = torch.tensor(preds[: len(x)], device=dev)
-        _sanity(names, explainers, net, layer, (x.to(dev), pred), result.rows, outdir, progress, options)
+        x, kept = _inputs(images, first[:sanity_images])
+        predicted = dict(zip(first, preds))
+        pred = torch.tensor([predicted[i] for i in kept], device=dev)
+        if kept:
+            _sanity(names, explainers, net, layer, (x.to(dev), pred), result.rows, outdir, progress, options)
     if outdir is not None:
         pictures = _pictures(runner, first[:examples], preds[:examples]) if need_gt and examples else {}
         result.files.update(_write_pictures(outdir, pictures, result.curves, data.root, max_pixels))
@@ -488,8 +499,15 @@ class _Progress:
                 )
             return None
         self.folder.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(fingerprint, indent=1))
+        self._replace(path, json.dumps(fingerprint, indent=1))
         return None
+
+    @staticmethod
+    def _replace(path: Path, text: str) -> None:
+        """Write ``path`` whole or not at all: a temporary file renamed over it (atomic on POSIX)."""
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        temporary.write_text(text)
+        os.replace(temporary, path)
 
     def done(self, batches: list[int]) -> dict[int, dict[str, Any]]:
         found = {}
@@ -504,10 +522,7 @@ class _Progress:
         return found
 
     def write(self, j: int, record: dict[str, Any]) -> None:
-        path = inside(self.folder, f"batch-{j:06d}.json")
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        temporary.write_text(json.dumps(record))
-        os.replace(temporary, path)
+        self._replace(inside(self.folder, f"batch-{j:06d}.json"), json.dumps(record))
 
 
 def _encode(a: Any) -> dict[str, Any]:
@@ -734,10 +749,10 @@ def _reduce(
     return result
 
 
-def _inputs(images: Any, indices: list[int]) -> torch.Tensor:
-    """The model inputs of images ``indices`` (read again: deterministic), skipping any that no longer reads."""
-    items = [images[i] for i in indices]
-    return torch.stack([item[0] for item in items if not isinstance(item, Skipped)])
+def _inputs(images: Any, indices: list[int]) -> tuple[torch.Tensor, list[int]]:
+    """The model inputs of images ``indices`` read again (deterministic), and which of them still read."""
+    items = [item for item in (images[i] for i in indices) if not isinstance(item, Skipped)]
+    return torch.stack([x for x, _ in items]) if items else torch.zeros(0), [int(i) for _, i in items]
 
 
 def _pictures(runner: _Batches, indices: list[int], preds: list[int]) -> dict[str, list[Any]]:
@@ -745,20 +760,20 @@ def _pictures(runner: _Batches, indices: list[int], preds: list[int]) -> dict[st
     alone (their records hold numbers, not maps), its CAM-paper box, and whether the top-1 class was right."""
     from camlens.geometry import boxes_from_map
 
-    items = [(i, p) for i, p in zip(indices, preds) if not isinstance(runner.images[i], Skipped)]
     pictures: dict[str, list[Any]] = {n: [] for n in runner.explainers}
-    if not items:
+    x, kept = _inputs(runner.images, indices)
+    if not kept:
         return pictures
-    x = _inputs(runner.images, [i for i, _ in items]).to(runner.dev)
-    labels = torch.tensor([runner.samples[i].label for i, _ in items], device=runner.dev)
+    predicted = dict(zip(indices, preds))
+    labels = torch.tensor([runner.samples[i].label for i in kept], device=runner.dev)
     for name, explainer in runner.explainers.items():
         with _nonfinite_named_by_caller():
-            exp = explainer(x, labels[:, None])
-        for b, (i, pred) in enumerate(items):
+            exp = explainer(x.to(runner.dev), labels[:, None])
+        for b, i in enumerate(kept):
             width, height = runner.images.original_size(i)
             cam = _to_original(exp.raw[b, 0], (height, width))
             box = boxes_from_map(cam, threshold=runner.threshold, mode="largest")
-            pictures[name].append((runner.samples[i], cam, box, pred == runner.samples[i].label))
+            pictures[name].append((runner.samples[i], cam, box, predicted[i] == runner.samples[i].label))
     return pictures
 
 
