@@ -553,6 +553,25 @@ def test_meter_update_with_tensors_and_merge():
         batch.merge(LocalizationMeter(iou_thresholds=(0.5,)))
 
 
+def test_meter_state_through_json_and_merged_halves_equal_the_whole():
+    import json
+
+    images = four_images()
+    whole, halves = LocalizationMeter(), [LocalizationMeter(), LocalizationMeter()]
+    for i, im in enumerate(images):
+        mask = im["cam"] > 0  # some foreground, so PxAP's histograms travel too
+        whole.add(im["cam"], im["gt"], im["label"], im["top5"], mask=mask, key=f"k{i}")
+        halves[i // 2].add(im["cam"], im["gt"], im["label"], im["top5"], mask=mask, key=f"k{i}")
+    merged = LocalizationMeter()
+    for half in halves:
+        merged.merge(LocalizationMeter().load_state_dict(json.loads(json.dumps(half.state_dict()))))
+    check_expected({k: v for k, v in merged.compute().items() if k not in ("pxap", "n_masks")})
+    assert merged.compute() == whole.compute()
+    assert merged.per_image == whole.per_image and merged.n_masks == 4
+    with pytest.raises(ValueError, match="other cam"):
+        LocalizationMeter(cam_thresholds=[0.1, 0.5]).load_state_dict(whole.state_dict())
+
+
 def test_meter_topk_names_and_errors():
     meter = LocalizationMeter(topk=2)
     im = four_images()[1]  # label 0 is the second prediction
