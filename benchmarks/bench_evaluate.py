@@ -189,15 +189,17 @@ def main() -> None:
         "rounds": args.rounds,
         "ms_per_image": {k: 1000 * statistics.median(v) for k, v in times.items()},
         "ratio_evaluate_to_forward": {f"w{w}": statistics.median(v) for w, v in ratios.items()},
+        "ratio_per_round": {f"w{w}": v for w, v in ratios.items()},
         "stage_share": {},
         "sweep_ms": {k: 1000 * v for k, v in sweep.items()},
     }
     print(f"\nload average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; torch threads {args.threads}; {args.device}")
-    print("| workers | forward only ms/img | evaluate ms/img | ratio (median of paired) |")
-    print("|---:|---:|---:|---:|")
+    print("| workers | forward only ms/img | evaluate ms/img | ratio (median of paired) | ratio per round |")
+    print("|---:|---:|---:|---:|---|")
     for w in workers:
         f, e = doc["ms_per_image"][f"forward w{w}"], doc["ms_per_image"][f"evaluate w{w}"]
-        print(f"| {w} | {f:.1f} | {e:.1f} | {doc['ratio_evaluate_to_forward'][f'w{w}']:.2f} |")
+        rounds = ", ".join(f"{r:.2f}" for r in ratios[w])
+        print(f"| {w} | {f:.1f} | {e:.1f} | {doc['ratio_evaluate_to_forward'][f'w{w}']:.2f} | {rounds} |")
     print("\nshare of evaluate's own wall time per stage (median over rounds):")
     for w in workers:
         keys = [k for k in stages[w][0] if k != "wall"]
