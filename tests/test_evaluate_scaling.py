@@ -135,7 +135,7 @@ def test_torchrun_two_processes_equal_one(tmp_path: Path, capsys: pytest.Capture
     # and the held-in demo set on the built-in EfficientNet-Lite0
     csv = squares(tmp_path / "data", 11, seed=1, broken=4)
     common = ["--model", "tests.test_evaluate_scaling:rednet", "--batch-size", "3", "--method", "gradcam,cam"]
-    for name, args in (("squares", [str(csv), *common]), ("demo", ["--demo", "--batch-size", "1"])):
+    for name, args in (("squares", [str(csv), *common]), ("demo", ["--demo", "--batch-size", "2"])):
         one, two = tmp_path / f"{name}1", tmp_path / f"{name}2"
         shared = camlens(*args, "--workers", "0", "--out", str(two), torchrun=2)
         # rank 0 exits 2 when an image was skipped, which torchrun reports as a failure (after the table is written)
