@@ -130,6 +130,30 @@ def test_killed_run_resumes_to_the_same_table(tmp_path: Path, capsys: pytest.Cap
     assert (killed / "results.json").read_text() == before
 
 
+def test_damaged_records_are_done_again(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from camlens import zoo
+    from camlens.evaluate import evaluate
+
+    csv = squares(tmp_path / "data", 6)
+    bundle = zoo.ModelBundle(rednet(), "rednet", size=32)
+    run = {"methods": "gradcam", "batch_size": 2, "workers": 0, "progress": False, "examples": 0}
+    want = evaluate(bundle, csv, **run, out=tmp_path / "whole").rows["gradcam"]
+    out = tmp_path / "damaged"
+    evaluate(bundle, csv, **run, out=out)
+    (out / "progress" / "batch-000001.json").write_text('{"batch": 1, "index": [99]}')  # not this batch's
+    (out / "progress" / "batch-000002.json").write_text("{not json")
+    (out / "progress" / ".batch-000000.json.123.tmp").write_text('{"batch": 0')  # a write cut by a kill
+    capsys.readouterr()
+    got = evaluate(bundle, csv, **run, out=out).rows["gradcam"]
+    err = capsys.readouterr().err
+    assert "2 images done before, skipping them (4 to go)" in err
+    assert err.count("is not a record of this run; doing that batch again") == 2
+    assert {k: v for k, v in got.items() if k != "seconds_per_image"} == {
+        k: v for k, v in want.items() if k != "seconds_per_image"
+    }
+    assert not list((out / "progress").glob("*.tmp"))
+
+
 def test_torchrun_two_processes_equal_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # a generated set (with an unreadable image) in batches of 3, so each rank does two and the last is short,
     # and the held-in demo set on the built-in EfficientNet-Lite0

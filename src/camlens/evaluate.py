@@ -351,8 +351,9 @@ def evaluate(
     # so a batch's numbers never depend on how the work was shared; rank r takes batches r, r + world, ...
     n_batches = -(-len(samples) // batch_size)
     mine = list(range(rank, n_batches, world))
-    records = progress_files.done(mine) if progress_files is not None else {}
+    records = progress_files.done(mine, batch_size, names) if progress_files is not None else {}
     todo = [j for j in mine if j not in records]
+    loaded = bool(records) or world > 1  # with several ranks, another rank's records may have been read
 
     from tqdm.auto import tqdm
 
@@ -396,7 +397,15 @@ def evaluate(
     finally:
         bar.close()
     ordered = _gather(records, world)
-    result = _reduce(ordered, names, wanted, threshold, topk, bundle.name, str(getattr(data, "root", "")))
+    try:
+        result = _reduce(ordered, names, wanted, threshold, topk, bundle.name, str(getattr(data, "root", "")))
+    except (KeyError, TypeError, IndexError) as err:  # only a record read back from disk can be malformed inside
+        if not loaded:
+            raise
+        raise ValueError(
+            f"{outdir}/progress holds a damaged batch record ({type(err).__name__}: {err}); "
+            "delete that folder to start again"
+        ) from None
     if rank != 0:  # rank 0 draws the pictures, runs the sanity check and writes the table
         return result
     first = [i for r in ordered for i in r["index"]]
@@ -485,6 +494,8 @@ class _Progress:
 
     def _check(self, fingerprint: dict[str, str]) -> str | None:
         path = self.folder / "run.json"
+        for leftover in self.folder.glob(".batch-*.tmp"):  # a write cut short by a kill: never a record
+            leftover.unlink()
         if path.exists():
             try:
                 earlier = json.loads(path.read_text())
@@ -509,20 +520,48 @@ class _Progress:
         temporary.write_text(text)
         os.replace(temporary, path)
 
-    def done(self, batches: list[int]) -> dict[int, dict[str, Any]]:
+    def done(self, batches: list[int], batch_size: int, names: list[str]) -> dict[int, dict[str, Any]]:
+        """The records of ``batches`` already written. A file that is not a record of this run (edited, or
+        from a camlens without records) is named on stderr and its batch done again."""
+        from tqdm.auto import tqdm
+
         found = {}
         for j in batches:
             path = self.folder / f"batch-{j:06d}.json"
+            if not path.exists():
+                continue
             try:
-                found[j] = json.loads(path.read_text())
-            except FileNotFoundError:
-                continue
-            except ValueError:  # not written by a finished write (renamed whole): do the batch again
-                continue
+                record = json.loads(path.read_text())
+            except (ValueError, OSError):
+                record = None
+            if _is_record(record, j, batch_size, names):
+                found[j] = record
+            else:
+                tqdm.write(
+                    f"camlens evaluate: {path} is not a record of this run; doing that batch again", file=sys.stderr
+                )
         return found
 
     def write(self, j: int, record: dict[str, Any]) -> None:
         self._replace(inside(self.folder, f"batch-{j:06d}.json"), json.dumps(record))
+
+
+def _is_record(record: Any, j: int, batch_size: int, names: list[str]) -> bool:
+    """Whether ``record`` has the shape of batch ``j``'s record (its numbers are this run's by the fingerprint)."""
+    if not isinstance(record, dict) or record.get("batch") != j:
+        return False
+    index, pred, methods = record.get("index"), record.get("pred"), record.get("methods")
+    if not (isinstance(index, list) and isinstance(pred, list) and isinstance(methods, dict)):
+        return False
+    if not all(isinstance(i, int) and j * batch_size <= i < (j + 1) * batch_size for i in index):
+        return False
+    if not isinstance(record.get("skipped"), list) or not isinstance(record.get("seconds"), dict):
+        return False
+    if not isinstance(record.get("wall"), (int, float)):
+        return False
+    if index and (len(pred) != len(index) or not isinstance(record.get("k"), int)):
+        return False
+    return set(methods) <= set(names) and all(isinstance(m, dict) for m in methods.values())
 
 
 def _encode(a: Any) -> dict[str, Any]:
