@@ -617,7 +617,7 @@ class _Batches:
         for position, i in enumerate(index.tolist()):
             sample = self.samples[i]
             try:
-                size = self.images.original_size(i)
+                size = loaded.sizes[position] or self.images.original_size(i)
                 mask = self.load_masks(sample) if self.need_gt and sample.masks else (None, None)
             except (ValueError, OSError, Image.DecompressionBombError) as err:  # DatasetError is a ValueError
                 self._skip(record, str(sample.path), getattr(err, "problem", str(err)))
