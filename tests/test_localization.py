@@ -687,3 +687,25 @@ def test_meter_cam_paper_box_is_a_fraction_of_the_max_not_of_the_range():
     # Choe et al.'s sweep min-max normalises: at tau = 0.2 only the object's columns remain
     assert tuple(boxes_from_map(loc._minmax(cam), 0.2)[0]) == (2, 0, 5, 4)
     assert meter.curves()["boxacc"][20] == 0.0  # IoU 12/32 < 0.5 at tau = 0.2 of the range
+
+
+def test_demo_table_is_identical_with_the_labelling_per_threshold(tmp_path, monkeypatch):
+    # the whole evaluate table (every digit) and per-image records on the built-in photos with the real model
+    pytest.importorskip("skimage")
+    from camlens import zoo
+    from camlens.evaluate import demo_dataset, evaluate
+
+    csv = demo_dataset(tmp_path)
+    bundle = zoo.load_model()
+
+    def table():
+        result = evaluate(bundle, csv, "cam,gradcam", batch_size=4, workers=0, progress=False, examples=0)
+        return {m: {k: v for k, v in row.items() if k != "seconds_per_image"} for m, row in result.rows.items()}, (
+            result.per_image
+        )
+
+    fast = table()
+    calls = []
+    monkeypatch.setattr(loc, "_sweep", lambda m, t: calls.append(m.shape) or labelled_sweep(m, t))
+    assert table() == fast
+    assert sorted(calls) == sorted([(300, 451), (400, 600), (427, 640), (500, 741)] * 2)  # 4 photos x 2 methods
