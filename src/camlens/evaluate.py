@@ -93,6 +93,10 @@ class Evaluation:
     (``{"path": ..., "reason": ...}``), which are in no number of the table. ``per_image[method]``
     holds one record per image with a box: its path (``key``), label, top-1 prediction, the CAM-paper
     ``box`` in stored-image pixels (the box ``camlens explain`` draws) and its best ``iou``.
+    ``rows[m]["seconds_per_image"]`` is wall time per image of the pass: the shared stages (waiting for
+    data, the predictions' forward) plus method m's own (its call, its metrics). ``seconds`` sums the stages
+    over the batches (``data``, ``forward``, ``explain``, ``localization``, ``faithfulness``, ``write``,
+    ``wall``); with several processes, over all of them.
     """
 
     methods: list[str]
