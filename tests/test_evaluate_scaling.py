@@ -154,6 +154,20 @@ def test_damaged_records_are_done_again(tmp_path: Path, capsys: pytest.CaptureFi
     assert not list((out / "progress").glob("*.tmp"))
 
 
+def test_without_resume_a_folder_is_rewritten(tmp_path: Path) -> None:
+    # resume=False (camlens bench wsol: a freshly trained net each time): no records, no refusal
+    from camlens import zoo
+    from camlens.evaluate import evaluate
+
+    csv = squares(tmp_path / "data", 3)
+    bundle = zoo.ModelBundle(rednet(), "rednet", size=32)
+    for methods in ("gradcam", "cam"):
+        result = evaluate(bundle, csv, methods, progress=False, examples=0, out=tmp_path / "o", resume=False)
+        assert result.methods == [methods]
+    assert not (tmp_path / "o" / "progress").exists()
+    assert "| cam |" in (tmp_path / "o" / "table.md").read_text()
+
+
 def test_torchrun_two_processes_equal_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # a generated set (with an unreadable image) in batches of 3, so each rank does two and the last is short,
     # and the held-in demo set on the built-in EfficientNet-Lite0

@@ -257,6 +257,7 @@ def evaluate(
     method_options: dict[str, dict[str, Any]] | None = None,
     progress: bool = True,
     max_pixels: int | None = MAX_PIXELS,
+    resume: bool = True,
 ) -> Evaluation:
     """Evaluate ``methods`` on ``data`` with ``metrics``; see the module docstring for the protocol.
 
@@ -294,6 +295,9 @@ def evaluate(
         method_options: per method name, options for its constructor (``{"scorecam": {"batch_size": 32}}``).
         max_pixels: refuse (skip) images with more pixels than this, checked from the file's header before
             decoding (``None``: no limit).
+        resume: with ``out``, keep per-batch records in ``out/progress`` and continue from them (default).
+            ``False``: no records, the files of ``out`` are simply rewritten (for a caller that evaluates a
+            freshly trained model into the same folder each time, as ``camlens bench wsol`` does).
 
     Under ``torch.distributed`` (e.g. ``torchrun``; the process group initialised by the caller, as the CLI
     does) the batches are shared round-robin over the ranks, each image exactly once; every rank returns the
@@ -349,7 +353,7 @@ def evaluate(
         "max_pixels": max_pixels,
     }
     progress_files = None
-    if outdir is not None:
+    if outdir is not None and resume:
         progress_files = _Progress(outdir, _fingerprint(bundle, net, names, options, samples, settings), rank)
     # batch j holds images [j * batch_size, (j + 1) * batch_size) in every run, whatever the number of processes,
     # so a batch's numbers never depend on how the work was shared; rank r takes batches r, r + world, ...
