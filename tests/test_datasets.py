@@ -656,6 +656,7 @@ def test_skip_bad_markers_and_collate(tmp_path: Path) -> None:
     batches = list(loader)
     assert [b[1].tolist() for b in batches] == [[0], [3]]
     assert [[s.index for s in b.skipped] for b in batches] == [[1], [2]]
+    assert [b.sizes for b in batches] == [[(6, 5)], [(6, 5)]]  # read in the worker that decoded the image
     images, _ = batches[1]
     assert torch.allclose(images[0], normalised((80, 10, 20))[:, None, None].expand(3, 4, 4), atol=1e-6)
     empty = collate([dataset[1], dataset[2]])

@@ -97,8 +97,14 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--examples", type=int, default=6, help="example pictures per method (default 6)")
     ev.add_argument("--out", default="camlens-eval", help="output folder (default camlens-eval)")
     ev.add_argument("--batch-size", type=int, default=16)
-    ev.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default 0)")
-    ev.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    ev.add_argument(
+        "--workers", type=int, help="DataLoader worker processes (default: 1 when there is more than one batch)"
+    )
+    ev.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu, cuda, cuda:N or mps (default cpu); under torchrun, cuda means each process's local rank",
+    )
     _max_pixels_arg(ev)
     gp = sub.add_parser(
         "gapify",
@@ -658,7 +664,57 @@ def _write_image(
     return record
 
 
+def _device(name: str) -> Any:
+    """``--device`` as a ``torch.device``, refused in one line when it is malformed or absent here."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError) as err:
+        raise _UsageError(f"--device {name}: not a device ({err}); give cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (device.index is not None and device.index >= count):
+            raise _UsageError(f"--device {name}: this machine has {count} CUDA device(s); give cpu or cuda:0..")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise _UsageError(f"--device {name}: MPS is not available here; give cpu")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise _UsageError(f"--device {name}: give cpu, cuda, cuda:N or mps")
+    return device
+
+
+def _join_torchrun(device: Any) -> tuple[Any, int]:
+    """Under ``torchrun`` (WORLD_SIZE > 1 in the environment): join the process group, gloo on CPU and nccl on
+    CUDA with the device of this process's local rank. Returns the device and the rank (0 without torchrun)."""
+    import os
+
+    import torch
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return device, 0
+    dist = torch.distributed
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device, dist.get_rank()
+
+
 def _evaluate(args: argparse.Namespace) -> int:
+    import torch
+
+    device, rank = _join_torchrun(_device(args.device))
+    try:
+        return _evaluate_in_group(args, device, rank)
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def _evaluate_in_group(args: argparse.Namespace, device: Any, rank: int) -> int:
+    import torch
+
     from camlens import data as datasets
     from camlens.evaluate import evaluate
 
@@ -689,9 +745,14 @@ def _evaluate(args: argparse.Namespace) -> int:
         from camlens.evaluate import demo_dataset
 
         try:
-            args.dataset = str(demo_dataset(Path(args.out) / "demo-data"))
+            if rank == 0:  # one process writes the photos, the others read them
+                demo_dataset(out / "demo-data")
         except ValueError as err:
             raise _UsageError(str(err)) from err
+        finally:
+            if torch.distributed.is_initialized():
+                torch.distributed.barrier()
+        args.dataset = str(out / "demo-data" / "demo.csv")
     try:
         data = datasets.open_dataset(
             args.dataset, image_root=args.images, format=args.format, classes=args.classes, labels=args.labels
@@ -713,13 +774,15 @@ def _evaluate(args: argparse.Namespace) -> int:
             limit=args.limit,
             out=args.out,
             examples=args.examples,
-            device=args.device,
+            device=device,
             steps=args.steps,
             max_pixels=args.max_pixels,
             method_options=method_options,
         )
     except (ValueError, TypeError) as err:
         raise _UsageError(str(err)) from err
+    if rank != 0:  # rank 0 prints and writes the merged table, and says (exit 2) whether images were skipped
+        return 0
     print(f"{bundle.name} on {args.dataset}: {result.images} images\n")
     print(result.markdown())
     print(f"\ncamlens: wrote {', '.join(sorted(set(result.files.values())))}", file=sys.stderr)

@@ -361,6 +361,7 @@ def _one_seed(
             out=out / name,
             examples=examples,
             progress=progress,
+            resume=False,  # a net trained in this run: nothing to resume, the folder is rewritten
         )
         timing[f"eval_{name}_s"] = time.perf_counter() - t
         rows = {m: dict(evaluation.rows[m]) for m in evaluation.methods}
