@@ -20,6 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from camlens._inputs import sample_rows
+
 __all__ = ["BASELINES", "Baseline", "baseline", "blur", "check_baseline", "perturbed_scores"]
 
 Baseline = Union[str, float, torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]
@@ -65,7 +67,8 @@ def perturbed_scores(
     with torch.inference_mode(), tqdm(total=total, desc=desc, unit="row", disable=disable, leave=False) as bar:
         for start in range(0, total, batch_size):
             rows = slice(start, min(start + batch_size, total))
-            parts.append(scorer(forward(rows), owners[rows]))
+            with sample_rows(owners[rows]):  # a model's other inputs follow each row's sample (_inputs)
+                parts.append(scorer(forward(rows), owners[rows]))
             bar.update(rows.stop - rows.start)
     return torch.cat(parts) if parts else torch.empty(0)
 
