@@ -123,7 +123,8 @@ class BoxScore:
             # zeros that keep the graph: a row without any match still has a (zero) gradient
             row = scores.sum() * 0 + torch.zeros(len(ref), dtype=scores.dtype, device=scores.device)
             if len(boxes):
-                ious = box_iou(ref, boxes)  # (K, M)
+                # degenerate (zero-area) boxes give 0 / 0: no overlap, and no NaN in the gradient
+                ious = torch.nan_to_num(box_iou(ref, boxes), nan=0.0)  # (K, M)
                 best = ious.argmax(1)
                 iou = ious.gather(1, best[:, None])[:, 0]
                 hit = (iou > self.iou_threshold) & (det["labels"][best] == labels)
