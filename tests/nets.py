@@ -174,3 +174,16 @@ def segmenter(name: str, classes: int = 4, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     model = torchvision.models.get_model(name, weights=None, weights_backbone=None, num_classes=classes)
     return calibrate_batch_norms(model, inputs(4, 64, seed=seed + 1).sigmoid(), part=model)
+
+
+def cli_detector() -> nn.Module:
+    """A factory for ``--model tests.nets:cli_detector``: Faster R-CNN (MobileNetV3, 320 px) with random weights
+    and calibrated batch norms, 3 classes, so there are detections above --min-score to explain."""
+    model = detector("fasterrcnn_mobilenet_v3_large_320_fpn", size=320, classes=3)
+    model.transform.min_size, model.transform.max_size = (96,), 96
+    return model
+
+
+def cli_segmenter() -> nn.Module:
+    """A factory for ``--model tests.nets:cli_segmenter``: LR-ASPP (MobileNetV3) with random weights, 4 classes."""
+    return segmenter("lraspp_mobilenet_v3_large")

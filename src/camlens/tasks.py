@@ -39,7 +39,16 @@ from torch import nn
 from camlens._inputs import row_owners
 from camlens._state import preserved
 
-__all__ = ["BoxScore", "ClassDetections", "RegionScore", "Similarity", "box_mask", "detect", "detections"]
+__all__ = [
+    "BoxScore",
+    "ClassDetections",
+    "RegionScore",
+    "Similarity",
+    "box_mask",
+    "detect",
+    "detections",
+    "segmentation_logits",
+]
 
 
 def detections(output: Any) -> list[Mapping[str, torch.Tensor]]:
@@ -164,7 +173,8 @@ def box_mask(box: Sequence[float], size: tuple[int, int]) -> torch.Tensor:
     return mask
 
 
-def _segmentation_logits(output: Any) -> torch.Tensor:
+def segmentation_logits(output: Any) -> torch.Tensor:
+    """A segmenter's (B, classes, H, W) logits: the output itself or torchvision's ``output["out"]``, checked."""
     if isinstance(output, Mapping) and "out" in output:
         output = output["out"]
     if not isinstance(output, torch.Tensor) or output.dim() != 4:
@@ -205,7 +215,7 @@ class RegionScore:
             self.mask = m
 
     def __call__(self, output: Any) -> torch.Tensor:
-        logits = _segmentation_logits(output)
+        logits = segmentation_logits(output)
         size = (int(logits.shape[-2]), int(logits.shape[-1]))
         if self.mask is None:
             mask = (box_mask(self.box, size) if self.box is not None else torch.ones(size))[None]
