@@ -181,6 +181,7 @@ def cli_detector() -> nn.Module:
     and calibrated batch norms, 3 classes, so there are detections above --min-score to explain."""
     model = detector("fasterrcnn_mobilenet_v3_large_320_fpn", size=320, classes=3)
     model.transform.min_size, model.transform.max_size = (96,), 96
+    model.roi_heads.detections_per_img = 4
     return model
 
 

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import numpy as np
@@ -384,3 +385,95 @@ def test_similarity_matches_a_hand_written_cosine_and_pytorch_grad_cam() -> None
     for i in range(2):
         one = _quiet(camlens.explain, model, x[i : i + 1], method="scorecam", layer="features", targets=Similarity(refs[i]))
         assert torch.allclose(chunked.raw[i], one.raw[0], atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------------- CLI
+
+
+def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    from camlens.cli import main
+
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory: pytest.TempPathFactory):
+    from PIL import Image
+
+    skimage_data = pytest.importorskip("skimage.data")
+    path = tmp_path_factory.mktemp("photo") / "cat.png"
+    Image.fromarray(skimage_data.chelsea()).resize((150, 100)).save(path)
+    return path
+
+
+def test_cli_explains_every_detection_above_min_score(tmp_path, photo, capsys) -> None:
+    from camlens import zoo
+
+    code, out, err = _cli(
+        capsys, "explain", str(photo), "--model", "tests.nets:cli_detector", "--min-score", "0.3", "--json",
+        "--out", str(tmp_path / "run"),
+    )
+    assert code == 0, err
+    (record,) = json.loads(out)["images"]
+    # the detections, found independently: the same preprocessing, the detector itself
+    bundle = zoo.load_model("tests.nets:cli_detector")
+    assert bundle.task == "detection" and bundle.mean == (0.0, 0.0, 0.0)
+    image = zoo.load_image(photo)
+    x, geometry = zoo.preprocess_with_geometry(image, bundle.size, bundle.mean, bundle.std)
+    det = detect(bundle.model, x)[0]
+    kept = det["scores"] >= 0.3
+    assert 0 < int(kept.sum()) == len(record["explanations"])
+    for e, score, label, box in zip(record["explanations"], det["scores"][kept], det["labels"][kept], det["boxes"][kept]):
+        assert e["explained"]["score"] == pytest.approx(float(score), abs=1e-5)
+        assert e["class_id"] == int(label)
+        assert e["explained"]["box"] == geometry.box_to_original(tuple(int(round(float(v))) for v in box))
+        assert e["logit"] == pytest.approx(1.0 + float(score), abs=1e-4)  # matched itself: IoU 1 + score
+        assert (tmp_path / "run" / e["files"]["overlay"]).is_file()
+        assert np.load(tmp_path / "run" / e["files"]["map"]).shape == (100, 150)
+
+
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [
+        (["--model", "tests.nets:cli_detector", "--min-score", "1.5"], "--min-score must be in [0, 1]"),
+        (["--model", "tests.nets:cli_detector", "--region", "0,0,10,10"], "is a detection model"),
+        (["--model", "tests.nets:cli_segmenter", "--region", "10,0,5,10"], "X0 < X1"),
+        (["--model", "tests.nets:cli_segmenter", "--region", "0,0,500,10"], "0 <= x0 < x1 <= "),
+        (["--model", "tests.nets:cli_segmenter", "--mask", "small.npy"], "the mask is 10x5 but the photo is 150x100"),
+        (["--model", "tests.nets:cli_segmenter", "--mask", "objects.npy"], "not a readable PNG or .npy"),
+        (["--model", "tests.nets:GapNet", "--mask", "small.npy"], "is a classification model"),
+    ],
+)
+def test_cli_task_flags_are_checked(tmp_path, photo, capsys, monkeypatch, argv, match) -> None:
+    monkeypatch.chdir(tmp_path)
+    np.save(tmp_path / "small.npy", np.ones((5, 10)))
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    code, _, err = _cli(capsys, "explain", str(photo), *argv, "--out", str(tmp_path / "run"))
+    assert code == 2 and match in err and len(err.strip().splitlines()) == 1, err
+    assert not any((tmp_path / "run").glob("*/*.png"))
+
+
+def test_cli_segmenter_region_equals_the_same_mask(tmp_path, photo, capsys, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    mask = np.zeros((100, 150), dtype=np.uint8)
+    mask[20:60, 40:120] = 255
+    from PIL import Image
+
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    maps = []
+    for flags in (["--region", "40,20,120,60"], ["--mask", "mask.png"]):
+        out_dir = tmp_path / flags[0].strip("-")
+        code, out, err = _cli(
+            capsys, "explain", str(photo), "--model", "tests.nets:cli_segmenter", "--class", "2", *flags, "--json",
+            "--out", str(out_dir),
+        )
+        assert code == 0, err
+        (e,) = json.loads(out)["images"][0]["explanations"]
+        assert e["class_id"] == 2
+        maps.append((e["logit"], np.load(out_dir / e["files"]["map"])))
+    # photo -> model input (520 x 520): the box's region and the mask's nearest-neighbour resize cover the same
+    # input pixels, so the two runs explain the same target
+    assert maps[0][0] == pytest.approx(maps[1][0], rel=1e-5)
+    assert np.abs(maps[0][1] - maps[1][1]).max() < 1e-5

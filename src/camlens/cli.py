@@ -488,7 +488,9 @@ def _explain(args: argparse.Namespace) -> int:
         for r in records:
             for e in r["explanations"]:
                 p = "n/a" if e["probability"] is None else f"{e['probability']:.3f}"
-                print(f"{r['source']}: {e['label']} (p {p}) box {e['box']} -> {out / e['files']['overlay']}")
+                seen = e.get("explained", {})
+                what = f"detection score {seen['score']:.3f} at {seen['box']}, map" if "score" in seen else f"p {p}"
+                print(f"{r['source']}: {e['label']} ({what}) box {e['box']} -> {out / e['files']['overlay']}")
     if failed:
         print(f"camlens: {failed} image(s) skipped (see above)", file=sys.stderr)
     return 2 if failed else 0
@@ -736,15 +738,14 @@ def _task_targets(
             for b, c, s in zip(boxes, labels, scores)
         ]
         return (tasks.BoxScore(boxes[None], labels[None]) if found else None), found
-    size = (int(x.shape[-2]), int(x.shape[-1]))
+    # a region and a mask file take one path: a mask on the photo, resized (nearest) to the model input
+    photo = (image.height, image.width)
     if args.mask is not None:
-        mask = _read_mask(Path(args.mask), (image.height, image.width), args.max_pixels)
-        mask = torch.nn.functional.interpolate(mask[None, None], size=size, mode="nearest")[0, 0]
-        drawn = None
+        mask = _read_mask(Path(args.mask), photo, args.max_pixels)
     else:
-        box = None if region is None else geometry.box_to_input(region)
-        mask = tasks.box_mask(box, size) if box is not None else torch.ones(size)
-        drawn = None if region is None else geometry.box_to_original(tuple(box))
+        mask = tasks.box_mask(region, photo) if region is not None else torch.ones(photo)
+    drawn = None if region is None else [int(round(v)) for v in region]
+    mask = torch.nn.functional.interpolate(mask[None, None], size=tuple(x.shape[-2:]), mode="nearest")[0, 0]
     mask = mask.to(x.device)
     if ids is None:  # the class whose logits summed over the region are the largest
         from camlens._state import preserved

@@ -28,7 +28,6 @@ min-max view at the model input's resolution, for display and the input-perturba
 from __future__ import annotations
 
 from dataclasses import dataclass
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -338,17 +337,6 @@ class Geometry:
         :meth:`to_original`, the path boxes are computed on.
         """
         return resize(maps.float(), self.original).clamp_(0, 1)
-
-    def box_to_input(self, box: Sequence[float]) -> list[int]:
-        """[x0, y0, x1, y1) in original pixels -> the smallest box covering the same region in input pixels."""
-        sy, sx = self.size[0] / self.original[0], self.size[1] / self.original[1]
-        x0, y0, x1, y1 = box
-        return [
-            int(np.floor(x0 * sx)),
-            int(np.floor(y0 * sy)),
-            min(self.size[1], int(np.ceil(x1 * sx))),
-            min(self.size[0], int(np.ceil(y1 * sy))),
-        ]
 
     def box_to_original(self, box: tuple[int, int, int, int]) -> list[int]:
         """[x0, y0, x1, y1) in input pixels -> the smallest box covering the same region in original pixels."""
