@@ -76,7 +76,9 @@ def test_every_method_takes_several_inputs_or_says_why(method: str) -> None:
     assert torch.equal(q, q_before) and q.grad is None
     # each row ran with its own sample's question: a batch of 2 == two batches of 1
     for i in range(2):
-        one = _quiet(camlens.explain, model, (x[i : i + 1], q[i : i + 1]), method=method, layer=layer, targets=[i + 1], **options)
+        one = _quiet(
+            camlens.explain, model, (x[i : i + 1], q[i : i + 1]), method=method, layer=layer, targets=[i + 1], **options
+        )
         scale = float(one.raw.abs().max())
         assert float((both.raw[i] - one.raw[0]).abs().max()) <= 1e-4 * scale + 1e-12
         assert torch.allclose(both.scores[i], one.scores[0], atol=1e-5)
@@ -84,7 +86,9 @@ def test_every_method_takes_several_inputs_or_says_why(method: str) -> None:
     swapped = _quiet(camlens.explain, model, (x, q.flip(0)), method=method, layer=layer, targets=[1, 2], **options)
     assert not torch.allclose(swapped.scores, both.scores)
     # keyword inputs, the image named
-    named = _quiet(camlens.explain, model, {"q": q, "x": x}, method=method, layer=layer, targets=[1, 2], image="x", **options)
+    named = _quiet(
+        camlens.explain, model, {"q": q, "x": x}, method=method, layer=layer, targets=[1, 2], image="x", **options
+    )
     assert torch.allclose(named.raw, both.raw, atol=1e-6, rtol=1e-5)
 
 
@@ -177,7 +181,9 @@ def test_box_score_by_hand() -> None:
     assert scores.shape == (2, 3)
     expected = torch.tensor([[100 / 120 + 0.9, 1.0 + 0.7, 0.0], [0.0, 0.0, 0.0]])  # label 1 at box 2: no match
     assert torch.allclose(scores, expected)
-    assert torch.allclose(BoxScore([[0, 0, 10, 10], [50, 50, 60, 60]], [1, 2], reduce="sum")(dets), expected[:, :2].sum(1))
+    assert torch.allclose(
+        BoxScore([[0, 0, 10, 10], [50, 50, 60, 60]], [1, 2], reduce="sum")(dets), expected[:, :2].sum(1)
+    )
     # the second best box alone is exactly at the threshold: pytorch-grad-cam's strict ">" does not match it
     only = [{k: v[1:2] for k, v in dets[0].items()}]
     assert float(BoxScore([0, 0, 10, 10], 1)(only)) == 0.0
@@ -333,9 +339,7 @@ def test_region_score_matches_pytorch_grad_cam(name: str) -> None:
     wrapped = _Out(model)
     layer = ours.layer
     with pgc.GradCAM(model=wrapped, target_layers=[model.get_submodule(layer)]) as cam:
-        theirs = cam(
-            input_tensor=x, targets=[SemanticSegmentationTarget(category, m.numpy()) for m in masks]
-        )
+        theirs = cam(input_tensor=x, targets=[SemanticSegmentationTarget(category, m.numpy()) for m in masks])
     raw = ours.raw[:, 0].double().numpy()
     for i in range(2):
         assert np.abs(_their_normalisation(raw[i : i + 1], x.shape[-2:]) - theirs[i : i + 1]).max() < 1e-4
@@ -381,9 +385,13 @@ def test_similarity_matches_a_hand_written_cosine_and_pytorch_grad_cam() -> None
     assert np.abs(_their_normalisation(raw, x.shape[-2:]) - theirs).max() < 1e-5
     # per-row references follow their samples in the perturbation methods' chunks too
     refs = F.normalize(torch.randn(2, 6, generator=torch.Generator().manual_seed(1)), dim=1)
-    chunked = _quiet(camlens.explain, model, x, method="scorecam", layer="features", targets=Similarity(refs), batch_size=3)
+    chunked = _quiet(
+        camlens.explain, model, x, method="scorecam", layer="features", targets=Similarity(refs), batch_size=3
+    )
     for i in range(2):
-        one = _quiet(camlens.explain, model, x[i : i + 1], method="scorecam", layer="features", targets=Similarity(refs[i]))
+        one = _quiet(
+            camlens.explain, model, x[i : i + 1], method="scorecam", layer="features", targets=Similarity(refs[i])
+        )
         assert torch.allclose(chunked.raw[i], one.raw[0], atol=1e-5)
 
 
@@ -412,8 +420,16 @@ def test_cli_explains_every_detection_above_min_score(tmp_path, photo, capsys) -
     from camlens import zoo
 
     code, out, err = _cli(
-        capsys, "explain", str(photo), "--model", "tests.nets:cli_detector", "--min-score", "0.3", "--json",
-        "--out", str(tmp_path / "run"),
+        capsys,
+        "explain",
+        str(photo),
+        "--model",
+        "tests.nets:cli_detector",
+        "--min-score",
+        "0.3",
+        "--json",
+        "--out",
+        str(tmp_path / "run"),
     )
     assert code == 0, err
     (record,) = json.loads(out)["images"]
@@ -425,10 +441,12 @@ def test_cli_explains_every_detection_above_min_score(tmp_path, photo, capsys) -
     det = detect(bundle.model, x)[0]
     kept = det["scores"] >= 0.3
     assert 0 < int(kept.sum()) == len(record["explanations"])
-    for e, score, label, box in zip(record["explanations"], det["scores"][kept], det["labels"][kept], det["boxes"][kept]):
+    for e, score, label, box in zip(
+        record["explanations"], det["scores"][kept], det["labels"][kept], det["boxes"][kept]
+    ):
         assert e["explained"]["score"] == pytest.approx(float(score), abs=1e-5)
         assert e["class_id"] == int(label)
-        assert e["explained"]["box"] == geometry.box_to_original(tuple(int(round(float(v))) for v in box))
+        assert e["explained"]["box"] == geometry.box_to_original(tuple(round(float(v)) for v in box))
         assert e["logit"] == pytest.approx(1.0 + float(score), abs=1e-4)  # matched itself: IoU 1 + score
         assert (tmp_path / "run" / e["files"]["overlay"]).is_file()
         assert np.load(tmp_path / "run" / e["files"]["map"]).shape == (100, 150)
@@ -466,8 +484,17 @@ def test_cli_segmenter_region_equals_the_same_mask(tmp_path, photo, capsys, monk
     for flags in (["--region", "40,20,120,60"], ["--mask", "mask.png"]):
         out_dir = tmp_path / flags[0].strip("-")
         code, out, err = _cli(
-            capsys, "explain", str(photo), "--model", "tests.nets:cli_segmenter", "--class", "2", *flags, "--json",
-            "--out", str(out_dir),
+            capsys,
+            "explain",
+            str(photo),
+            "--model",
+            "tests.nets:cli_segmenter",
+            "--class",
+            "2",
+            *flags,
+            "--json",
+            "--out",
+            str(out_dir),
         )
         assert code == 0, err
         (e,) = json.loads(out)["images"][0]["explanations"]

@@ -491,7 +491,9 @@ def _find_layer(model: nn.Module, x: torch.Tensor) -> LayerRef:
         skip = "pool" in kind.lower() or kind == "Permute"
         pooling.append(skip or (c.same_as is not None and pooling[c.same_as]))
     # one row per image: region features (Faster R-CNN's RoI pooling, (proposals, C, 7, 7)) are no image map
-    spatial = [(c, pool) for c, pool in zip(calls, pooling) if c.shape is not None and len(c.shape) == 4 and c.shape[0] == 1]
+    spatial = [
+        (c, pool) for c, pool in zip(calls, pooling) if c.shape is not None and len(c.shape) == 4 and c.shape[0] == 1
+    ]
     backbone = _backbone(model, calls)
     if backbone is not None:
         spatial = [(c, pool) for c, pool in spatial if c.name.startswith(backbone + ".")]

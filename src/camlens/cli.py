@@ -55,10 +55,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     where = ex.add_mutually_exclusive_group()
     where.add_argument(
-        "--region", metavar="X0,Y0,X1,Y1", help="segmenters: explain the class's logits summed over this box (photo pixels)"
+        "--region",
+        metavar="X0,Y0,X1,Y1",
+        help="segmenters: explain the class's logits summed over this box (photo pixels)",
     )
     where.add_argument(
-        "--mask", metavar="FILE", help="segmenters: ... over this mask (PNG or .npy, the photo's size; nonzero = inside)"
+        "--mask",
+        metavar="FILE",
+        help="segmenters: ... over this mask (PNG or .npy, the photo's size; nonzero = inside)",
     )
     ex.add_argument("--out", default="camlens-out", help="output folder, one run per folder (default camlens-out)")
     ex.add_argument(
@@ -448,7 +452,8 @@ def _explain(args: argparse.Namespace) -> int:
                 if exp is None:  # a detector found nothing at or above --min-score
                     path, root, image, _, geometry = batch[0]
                     tqdm.write(
-                        f"camlens: {path}: no detection scores {args.min_score:g} or more (--min-score)", file=sys.stderr
+                        f"camlens: {path}: no detection scores {args.min_score:g} or more (--min-score)",
+                        file=sys.stderr,
                     )
                     record = _write_image(run, names.name(path, root), path, image, geometry, None, 0, None)
                     records.append(record)
@@ -601,7 +606,9 @@ def _write_image(
     folder = inside(out, name)
     folder.mkdir(exist_ok=True)
     warnings: list[str] = []
-    if exp is not None and (not bool(torch.isfinite(exp.raw[i]).all()) or not bool(torch.isfinite(exp.scores[i]).all())):
+    if exp is not None and (
+        not bool(torch.isfinite(exp.raw[i]).all()) or not bool(torch.isfinite(exp.scores[i]).all())
+    ):
         warnings.append("NaN or inf in the scores or maps (NaN/inf pixels in the input?); they are written as null")
     photo_rel = f"{name}/photo.jpg"
     scale = min(1.0, 1024 / max(image.width, image.height))
@@ -733,7 +740,7 @@ def _task_targets(
                 "class_id": int(c),
                 "label": bundle.label(int(c)),
                 "score": round(float(s), 6),
-                "box": geometry.box_to_original(tuple(int(round(float(v))) for v in b)),
+                "box": geometry.box_to_original(tuple(round(float(v)) for v in b)),
             }
             for b, c, s in zip(boxes, labels, scores)
         ]
@@ -744,7 +751,7 @@ def _task_targets(
         mask = _read_mask(Path(args.mask), photo, args.max_pixels)
     else:
         mask = tasks.box_mask(region, photo) if region is not None else torch.ones(photo)
-    drawn = None if region is None else [int(round(v)) for v in region]
+    drawn = None if region is None else [round(v) for v in region]
     mask = torch.nn.functional.interpolate(mask[None, None], size=tuple(x.shape[-2:]), mode="nearest")[0, 0]
     mask = mask.to(x.device)
     if ids is None:  # the class whose logits summed over the region are the largest

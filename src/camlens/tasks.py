@@ -165,7 +165,7 @@ class ClassDetections:
 def box_mask(box: Sequence[float], size: tuple[int, int]) -> torch.Tensor:
     """A (H, W) float mask that is 1 inside ``box`` ``[x0, y0, x1, y1)`` (end-exclusive pixels), 0 outside."""
     h, w = size
-    x0, y0, x1, y1 = (int(round(float(v))) for v in box)
+    x0, y0, x1, y1 = (round(float(v)) for v in box)
     if not (0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h):
         raise ValueError(f"region {x0},{y0},{x1},{y1} must satisfy 0 <= x0 < x1 <= {w} and 0 <= y0 < y1 <= {h}")
     mask = torch.zeros(h, w)
