@@ -285,6 +285,16 @@ def test_faster_rcnn_batch_explains_each_image_with_its_own_boxes(faster_rcnn) -
     assert torch.allclose(swapped.scores.flip(0), both.scores)
 
 
+def test_a_list_of_images_is_one_batch(faster_rcnn) -> None:
+    x = nets.inputs(2, SIZE, seed=6).sigmoid()
+    target = ClassDetections(1)
+    listed = camlens.explain(faster_rcnn, list(x), method="eigencam", targets=target)
+    stacked = camlens.explain(faster_rcnn, x, method="eigencam", targets=target)
+    assert torch.equal(listed.raw, stacked.raw) and torch.equal(listed.scores, stacked.scores)
+    with pytest.raises(ValueError, match="differ in size"):
+        camlens.explain(faster_rcnn, [x[0], x[1, :, :32]], method="eigencam", targets=target)
+
+
 def test_a_per_region_layer_is_refused(faster_rcnn) -> None:
     x = nets.inputs(1, SIZE, seed=5).sigmoid()
     with pytest.raises(ValueError, match="rows for a batch of 1 images"):

@@ -1,5 +1,8 @@
 """Models with several inputs: the image batch camlens explains, and the other inputs passed along unchanged.
 
+A list of (C, H, W) tensors of one size (torchvision detectors' input) is one image batch, stacked; a tuple
+or a dict is several inputs.
+
 ``camlens.explain(model, (image, question))`` or ``camlens.explain(model, {"pixels": x, "ids": q},
 image="pixels")``: one element is the image batch (B, C, H, W), named by ``image=`` (an index of the tuple
 or a key of the dict; default the first). Every method keeps calling ``model(x)`` on rows of images
@@ -102,6 +105,19 @@ def split_inputs(inputs: Any, image: int | str | None = None) -> tuple[Any, Mode
         ValueError: ``image`` names no element, or ``image`` is given for a single tensor.
         TypeError: the named element is not a tensor.
     """
+    if isinstance(inputs, list) and inputs and all(isinstance(t, torch.Tensor) and t.dim() == 3 for t in inputs):
+        # torchvision detectors' input: a list of (C, H, W) images is one image batch, not several inputs
+        shapes = sorted({tuple(t.shape) for t in inputs})
+        if len(shapes) > 1:
+            raise ValueError(
+                f"a list of images is one batch, and its images differ in size ({', '.join(map(str, shapes[:3]))}); "
+                "resize them to one size first (a detector resizes them inside anyway)"
+            )
+        if image not in (None, 0):
+            raise ValueError(
+                f"image={image!r}: a list of (C, H, W) images is one image batch; use a tuple for several inputs"
+            )
+        return torch.stack(inputs), None
     if isinstance(inputs, torch.Tensor) or not isinstance(inputs, (tuple, list, Mapping)):
         if image not in (None, 0):
             raise ValueError(f"image={image!r} names an element of several inputs, but inputs is a single tensor")
