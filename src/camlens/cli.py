@@ -444,7 +444,7 @@ def _explain(args: argparse.Namespace) -> int:
                     if task != "classification":
                         call_targets, found = _task_targets(args, bundle, x, batch[0][2], batch[0][4], ids, region)
                     exp = None
-                    if call_targets is not None:
+                    if found is None or found:  # a detector with no detection to explain: no call
                         with _nonfinite_named_by_caller():  # the CLI names the image itself (record warnings)
                             exp = method(x, call_targets)
                 except ValueError as err:
