@@ -297,8 +297,17 @@ def test_a_list_of_images_is_one_batch(faster_rcnn) -> None:
 
 def test_a_per_region_layer_is_refused(faster_rcnn) -> None:
     x = nets.inputs(1, SIZE, seed=5).sigmoid()
+    snapshot = _Snapshot(faster_rcnn)
     with pytest.raises(ValueError, match="rows for a batch of 1 images"):
         camlens.explain(faster_rcnn, x, layer="roi_heads.box_roi_pool", targets=ClassDetections(1))
+    snapshot.check()
+
+    def failing(out: list) -> torch.Tensor:
+        raise KeyError("target callable failed")
+
+    with pytest.raises(KeyError, match="target callable failed"):
+        camlens.explain(faster_rcnn, [x[0]], targets=failing)
+    snapshot.check()
 
 
 @pytest.mark.parametrize("name", ["retinanet_resnet50_fpn", "fcos_resnet50_fpn", "ssdlite320_mobilenet_v3_large"])
