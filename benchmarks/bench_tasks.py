@@ -8,10 +8,10 @@ What is measured:
 * Model: torchvision's ``fasterrcnn_resnet50_fpn`` with random weights (no download here; the cost does not
   depend on the weights' values), batch norms calibrated on noise (``tests.nets.detector``) so detections
   have scores in (0, 1), score threshold 0, 100 detections per image (torchvision's default); its transform
-  resizes to ``--size`` (torchvision's default 800). ``--classes`` 5 (4 + background), not COCO's 91: with
-  random weights and threshold 0 every one of the 1000 proposals x (classes - 1) candidate boxes survives to
-  the NMS, which a trained model's 0.05 threshold prunes; with 91 classes that NMS (90,000 boxes) would
-  dominate the floor. Image: ``skimage.data.chelsea()`` resized to
+  resizes to ``--size`` (torchvision's default 800). ``--classes`` 5 (4 + background) by default: with
+  random weights and threshold 0 every one of the 1000 proposals x (classes - 1) candidate boxes reaches the
+  NMS, which a trained model's 0.05 threshold prunes. (One earlier run with COCO's 91 classes, 800 px, load
+  9: floor 7.09 s, one detection 1.57x, five 3.84x; docs/benchmarks.md.) Image: ``skimage.data.chelsea()`` resized to
   ``--size`` x ``--size``, in [0, 1]. ``torch.set_num_threads(1)``.
 * Floor: one forward of the detector under ``torch.inference_mode()`` (what ``camlens.tasks.detect`` runs).
 * Cases: Grad-CAM of one detection (``BoxScore`` of the top detection) at ``backbone.body.layer4`` (the
