@@ -30,6 +30,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from camlens._inputs import sample_rows
+
 __all__ = [
     "BASELINES",
     "PRECISIONS",
@@ -172,13 +174,14 @@ def perturbed_scores(
         report_progress(0, total, desc)
         for start in range(0, total, batch_size):
             rows = slice(start, min(start + batch_size, total))
-            if dtype is None:
-                output = forward(rows)
-            else:
-                with torch.autocast(device_type, dtype=dtype):
+            with sample_rows(owners[rows]):  # a model's other inputs follow each row's sample (_inputs)
+                if dtype is None:
                     output = forward(rows)
-                output = _to_float32(output)
-            parts.append(scorer(output, owners[rows]))
+                else:
+                    with torch.autocast(device_type, dtype=dtype):
+                        output = forward(rows)
+                    output = _to_float32(output)
+                parts.append(scorer(output, owners[rows]))
             bar.update(rows.stop - rows.start)
             report_progress(rows.stop, total, desc)
     return torch.cat(parts) if parts else torch.empty(0)

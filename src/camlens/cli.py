@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,23 @@ def _parser() -> argparse.ArgumentParser:
     who.add_argument("--class", dest="classes", nargs="+", metavar="ID_OR_NAME", help="classes to explain")
     who.add_argument("--topk", type=int, help="explain the K top predicted classes (and write a grid)")
     ex.add_argument("--threshold", type=float, default=0.2, help="box: pixels above THRESHOLD x max (default 0.2)")
+    ex.add_argument(
+        "--min-score",
+        type=float,
+        default=0.5,
+        help="detectors: one map per detection scoring at least this, in [0, 1] (default 0.5)",
+    )
+    where = ex.add_mutually_exclusive_group()
+    where.add_argument(
+        "--region",
+        metavar="X0,Y0,X1,Y1",
+        help="segmenters: explain the class's logits summed over this box (photo pixels)",
+    )
+    where.add_argument(
+        "--mask",
+        metavar="FILE",
+        help="segmenters: ... over this mask (PNG or .npy, the photo's size; nonzero = inside)",
+    )
     ex.add_argument("--out", default="camlens-out", help="output folder, one run per folder (default camlens-out)")
     ex.add_argument(
         "--overwrite", action="store_true", help="replace the earlier camlens run in --out (only the files it wrote)"
@@ -410,7 +428,9 @@ def _explain(args: argparse.Namespace) -> int:
         ("--threshold", args.threshold, 0.0, 1.0, _ABOVE),
         ("--batch-size", args.batch_size, 1, None),
         ("--max-pixels", args.max_pixels, 1, None),
+        ("--min-score", args.min_score, 0.0, 1.0),
     )
+    region = _parse_region(args.region)
     if not args.demo and not args.images:
         raise _UsageError("give images or folders to explain, or --demo")
     out = Path(args.out)
@@ -429,6 +449,8 @@ def _explain(args: argparse.Namespace) -> int:
             ids = None if args.classes is None else [bundle.class_id(c) for c in args.classes]
         except ValueError as err:
             raise _UsageError(str(err)) from err
+        task = bundle.task
+        _check_task_flags(args, task, region)
         targets: Any = f"top{args.topk}" if args.topk else ids
         # the demo replaces an earlier demo run (nothing of the user's is lost), never another run
         _prepare_out(out, overwrite=args.overwrite or (args.demo and _is_demo_run(out)))
@@ -438,9 +460,11 @@ def _explain(args: argparse.Namespace) -> int:
         failed = 0
         bar = tqdm(total=len(paths), desc=f"camlens {cls.name}", unit="img", file=sys.stderr, disable=len(paths) < 2)
         try:
-            for start in range(0, len(paths), args.batch_size):
+            # a detector's detections (and so its targets) differ per image: one image per call
+            step = args.batch_size if task == "classification" else 1
+            for start in range(0, len(paths), step):
                 batch = []
-                for path, root in paths[start : start + args.batch_size]:
+                for path, root in paths[start : start + step]:
                     try:
                         image = zoo.load_image(path, max_pixels=args.max_pixels)
                         x, geometry = zoo.preprocess_with_geometry(image, bundle.size, bundle.mean, bundle.std)
@@ -453,16 +477,33 @@ def _explain(args: argparse.Namespace) -> int:
                     continue
                 x = torch.cat([b[3] for b in batch]).to(args.device)
                 per_sample = None if ids is None else [ids] * len(batch)
+                found: list[dict[str, Any]] | None = None
                 try:
-                    with _nonfinite_named_by_caller():  # the CLI names the image itself (record warnings)
-                        exp = method(x, targets if per_sample is None or args.topk else per_sample)
+                    call_targets = targets if per_sample is None or args.topk else per_sample
+                    if task != "classification":
+                        call_targets, found = _task_targets(args, bundle, x, batch[0][2], batch[0][4], ids, region)
+                    exp = None
+                    if found is None or found:  # a detector with no detection to explain: no call
+                        with _nonfinite_named_by_caller():  # the CLI names the image itself (record warnings)
+                            exp = method(x, call_targets)
                 except ValueError as err:
                     raise _UsageError(str(err)) from err
+                if exp is None:  # a detector found nothing at or above --min-score
+                    path, root, image, _, geometry = batch[0]
+                    tqdm.write(
+                        f"camlens: {path}: no detection scores {args.min_score:g} or more (--min-score)",
+                        file=sys.stderr,
+                    )
+                    record = _write_image(run, names.name(path, root), path, image, geometry, None, 0, None)
+                    records.append(record)
+                    run.add(record)
+                    bar.update(1)
+                    continue
                 run.layer = exp.layer
                 probs = exp.output.float().softmax(1) if isinstance(exp.output, torch.Tensor) else None
                 for i, (path, root, image, _, geometry) in enumerate(batch):
                     name = names.name(path, root)
-                    record = _write_image(run, name, path, image, geometry, exp, i, probs)
+                    record = _write_image(run, name, path, image, geometry, exp, i, probs, found)
                     for warning in record.get("warnings", []):
                         tqdm.write(f"camlens: warning: {path}: {warning}", file=sys.stderr)
                     records.append(record)
@@ -491,7 +532,9 @@ def _explain(args: argparse.Namespace) -> int:
         for r in records:
             for e in r["explanations"]:
                 p = "n/a" if e["probability"] is None else f"{e['probability']:.3f}"
-                print(f"{r['source']}: {e['label']} (p {p}) box {e['box']} -> {out / e['files']['overlay']}")
+                seen = e.get("explained", {})
+                what = f"detection score {seen['score']:.3f} at {seen['box']}, map" if "score" in seen else f"p {p}"
+                print(f"{r['source']}: {e['label']} ({what}) box {e['box']} -> {out / e['files']['overlay']}")
     if failed:
         print(f"camlens: {failed} image(s) skipped (see above)", file=sys.stderr)
     return 2 if failed else 0
@@ -584,8 +627,13 @@ def _write_image(
     exp: Any,
     i: int,
     probs: Any,
+    found: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Write one image's photo copy, overlays, maps (and grid) into ``run.out/name/``; return its record."""
+    """Write one image's photo copy, overlays, maps (and grid) into ``run.out/name/``; return its record.
+
+    ``found``: per target, what a detector or segmenter target explains (``label``, ``box`` in photo pixels
+    drawn instead of the map's box, and for detections ``score``); ``exp=None``: the photo only (nothing
+    to explain)."""
     import numpy as np
     import torch
 
@@ -597,7 +645,9 @@ def _write_image(
     folder = inside(out, name)
     folder.mkdir(exist_ok=True)
     warnings: list[str] = []
-    if not bool(torch.isfinite(exp.raw[i]).all()) or not bool(torch.isfinite(exp.scores[i]).all()):
+    if exp is not None and (
+        not bool(torch.isfinite(exp.raw[i]).all()) or not bool(torch.isfinite(exp.scores[i]).all())
+    ):
         warnings.append("NaN or inf in the scores or maps (NaN/inf pixels in the input?); they are written as null")
     photo_rel = f"{name}/photo.jpg"
     scale = min(1.0, 1024 / max(image.width, image.height))
@@ -610,6 +660,8 @@ def _write_image(
         "photo": photo_rel,
         "explanations": [],
     }
+    if exp is None:
+        return record
     logits = exp.output if isinstance(exp.output, torch.Tensor) else None
     if probs is not None and logits is not None:
         top = probs[i].topk(min(5, probs.shape[1]))
@@ -626,6 +678,9 @@ def _write_image(
     for k in range(exp.num_targets):
         class_id = None if exp.targets is None else int(exp.targets[i, k])
         label = bundle.label(class_id) if class_id is not None else "target"
+        task = None if found is None else found[k]
+        if task is not None:
+            class_id, label = task["class_id"], task["label"]
         probability = float(probs[i, class_id]) if probs is not None and class_id is not None else None
         logit = float(exp.scores[i, k])
         # the one path (camlens.geometry): ReLU, resize to the photo, / max, box at threshold x max
@@ -634,7 +689,11 @@ def _write_image(
         cam = cam_t.numpy()
         stem = f"{name}/{name}_{exp.method}_{class_id if class_id is not None else k}"
         shown = f"p {probability:.2f}" if probability is not None else f"logit {logit:.2f}"
-        picture = viz.draw_box(viz.overlay(image, cam), box, f"{label} {shown} ({exp.method})", copy=False)
+        if task is not None:
+            shown = f"score {task['score']:.2f}" if "score" in task else f"region logits {logit:.3g}"
+            stem = f"{name}/{name}_{exp.method}_{k}_{_paths_safe(label)}"
+        drawn = box if task is None or task["box"] is None else task["box"]
+        picture = viz.draw_box(viz.overlay(image, cam), drawn, f"{label} {shown} ({exp.method})", copy=False)
         files = {"overlay": f"{stem}.png", "map": f"{stem}.npy"}
         picture.save(inside(out, files["overlay"]))
         np.save(inside(out, files["map"]), cam)
@@ -653,6 +712,7 @@ def _write_image(
                 "layer": exp.layer,
                 "box": box,
                 "files": files,
+                **({} if task is None else {"explained": {k: v for k, v in task.items() if k != "label"}}),
             }
         )
     if args.topk and len(overlays) > 1:
@@ -699,6 +759,108 @@ def _join_torchrun(device: Any) -> tuple[Any, int]:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return device, dist.get_rank()
+
+
+def _paths_safe(label: str) -> str:
+    """A class name as part of a file name: letters, digits and '-' only."""
+    return "".join(c if c.isalnum() else "-" for c in label).strip("-")[:40] or "target"
+
+
+def _parse_region(text: str | None) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        region = [float(v) for v in text.split(",")]
+    except ValueError:
+        region = []
+    if len(region) != 4 or not all(map(math.isfinite, region)) or not (region[0] < region[2] and region[1] < region[3]):
+        raise _UsageError(f"--region must be X0,Y0,X1,Y1 with X0 < X1 and Y0 < Y1 (photo pixels), got {text!r}")
+    return region
+
+
+def _check_task_flags(args: argparse.Namespace, task: str, region: list[float] | None) -> None:
+    """--min-score is for detectors, --region / --mask for segmenters; --topk for classifiers."""
+    if task != "segmentation" and (region is not None or args.mask is not None):
+        raise _UsageError(f"--region / --mask explain a segmenter's region; {args.model} is a {task} model")
+    if task != "detection" and args.min_score != 0.5:
+        raise _UsageError(f"--min-score selects a detector's detections; {args.model} is a {task} model")
+    if task != "classification" and args.topk:
+        raise _UsageError(f"--topk ranks a classifier's classes; {args.model} is a {task} model")
+    if task == "detection" and args.classes is not None:
+        raise _UsageError("--class does not apply to a detector: it explains every detection above --min-score")
+
+
+def _task_targets(
+    args: argparse.Namespace,
+    bundle: Any,
+    x: Any,
+    image: Any,
+    geometry: Any,
+    ids: list[int] | None,
+    region: list[float] | None,
+) -> tuple[Any, list[dict[str, Any]]]:
+    """The target of one image for a detector (every detection >= --min-score: camlens.tasks.BoxScore) or a
+    segmenter (the class's logits over --region / --mask / the whole image: camlens.tasks.RegionScore), and
+    what each of its K maps explains (label, box in photo pixels, detection score). ``None`` targets: nothing
+    to explain."""
+    import torch
+
+    from camlens import tasks
+
+    if bundle.task == "detection":
+        det = tasks.detect(bundle.model, x)[0]
+        keep = det["scores"] >= args.min_score
+        boxes, labels, scores = det["boxes"][keep], det["labels"][keep], det["scores"][keep]
+        found = [
+            {
+                "class_id": int(c),
+                "label": bundle.label(int(c)),
+                "score": round(float(s), 6),
+                "box": geometry.box_to_original(tuple(round(float(v)) for v in b)),
+            }
+            for b, c, s in zip(boxes, labels, scores)
+        ]
+        return (tasks.BoxScore(boxes[None], labels[None]) if found else None), found
+    # a region and a mask file take one path: a mask on the photo, resized (nearest) to the model input
+    photo = (image.height, image.width)
+    if args.mask is not None:
+        mask = _read_mask(Path(args.mask), photo, args.max_pixels)
+    else:
+        mask = tasks.box_mask(region, photo) if region is not None else torch.ones(photo)
+    drawn = None if region is None else [round(v) for v in region]
+    mask = torch.nn.functional.interpolate(mask[None, None], size=tuple(x.shape[-2:]), mode="nearest")[0, 0]
+    mask = mask.to(x.device)
+    if ids is None:  # the class whose logits summed over the region are the largest
+        from camlens._state import preserved
+
+        with preserved(bundle.model), torch.no_grad():
+            logits = tasks.segmentation_logits(bundle.model(x))
+        ids = [int((logits[0] * mask).sum((-2, -1)).argmax())]
+    found = [{"class_id": c, "label": bundle.label(c), "box": drawn} for c in ids]
+    return tasks.RegionScore(ids, mask=mask), found
+
+
+def _read_mask(path: Path, size: tuple[int, int], max_pixels: int) -> Any:
+    """A region mask from a PNG (any image: nonzero in any channel) or a .npy array (2-D, no pickles), (H, W)."""
+    import numpy as np
+    import torch
+
+    from camlens import zoo
+
+    try:
+        if path.suffix.lower() == ".npy":
+            array = np.load(path, allow_pickle=False)
+        else:
+            array = np.asarray(zoo.load_image(path, max_pixels=max_pixels)).max(-1)
+    except (OSError, ValueError) as err:
+        raise _UsageError(f"--mask {path}: not a readable PNG or .npy mask ({err})") from err
+    if array.ndim != 2 or array.dtype.kind not in "biuf":
+        raise _UsageError(f"--mask {path}: a mask must be a 2-D array of numbers, got {array.dtype} {array.shape}")
+    if array.shape != size:
+        raise _UsageError(
+            f"--mask {path}: the mask is {array.shape[1]}x{array.shape[0]} but the photo is {size[1]}x{size[0]} (WxH)"
+        )
+    return torch.from_numpy(np.nan_to_num(array.astype(np.float32)) != 0).float()
 
 
 def _evaluate(args: argparse.Namespace) -> int:

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from camlens import _perturb
+from camlens._inputs import sample_rows
 from camlens._perturb import Baseline, check_baseline, report_progress
 from camlens.methods.base import Attribution, CAMMethod
 from camlens.methods.guided import input_gradients
@@ -123,7 +124,7 @@ def _weighted_gradients(
 
     with torch.no_grad():
         output = model(x)
-        scores, ids = resolve_targets(targets, output)
+        scores, ids = resolve_targets(targets, output, batch=x.shape[0])
     k = int(scores.shape[1])
     scorer = RowScorer(ids if ids is not None else targets, "logit", k=k)  # type: ignore[arg-type]
     batch = int(x.shape[0])
@@ -142,7 +143,8 @@ def _weighted_gradients(
             def row_scores(out: Any, owners: torch.Tensor = b) -> torch.Tensor:
                 return scorer(out, owners)
 
-            grads = input_gradients(model, rows, row_scores, rule)[0]
+            with sample_rows(b):  # a model's other inputs follow each path point's image
+                grads = input_gradients(model, rows, row_scores, rule)[0]
             if square:
                 grads = grads * grads
             acc.index_add_(0, b, grads * weights[s].view(-1, 1, 1, 1, 1))

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from camlens._inputs import sample_rows
 from camlens._perturb import check_precision, fast_layout, perturbed_scores
 from camlens.capture import Reshape, capture
 from camlens.explanation import normalize_maps
@@ -164,7 +165,7 @@ class AblationCAM(CAMMethod):
                 outs = []
                 for sample in sel[:, 0].unique_consecutive():
                     own = sel[sel[:, 0] == sample]
-                    with self._replay(ctx, lambda _, r=own: ablated(r)):
+                    with self._replay(ctx, lambda _, r=own: ablated(r)), sample_rows(sample[None]):
                         outs.append(self.model(x[int(sample) : int(sample) + 1]))
                 return torch.cat(outs)
             with self._replay(ctx, lambda grid: _zero_channels(grid, sel[:, 1])):
@@ -201,7 +202,7 @@ class AblationCAM(CAMMethod):
         a0 = ctx.activation[:1]
         twice = a0.expand(2, *a0.shape[1:]).clone()
         try:
-            with torch.inference_mode(), self._replay(ctx, lambda _: twice):
+            with torch.inference_mode(), self._replay(ctx, lambda _: twice), sample_rows(torch.zeros(1).long()):
                 out = self.model(ctx.inputs[:1])
         except RuntimeError:
             return False

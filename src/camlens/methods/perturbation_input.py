@@ -88,7 +88,7 @@ class _InputPerturbation(CAMMethod):
     def pixels(self, x: torch.Tensor, targets: Targets) -> Attribution:
         with torch.inference_mode():
             output = self.model(x)
-            scores, ids = resolve_targets(targets, output)
+            scores, ids = resolve_targets(targets, output, batch=x.shape[0])
         if ids is not None:
             scorer = RowScorer(ids, self.score)
         else:
