@@ -195,19 +195,6 @@ class Captioner(nn.Module):
         return torch.cat(out, dim=1)
 
 
-class _TeacherForced(nn.Module):
-    """``model(images, words)`` as a one-input model of the images: the words are held, not explained."""
-
-    def __init__(self, model: nn.Module, words: torch.Tensor) -> None:
-        super().__init__()
-        self.model = model
-        self.words = words
-        self.training = model.training  # this wrapper's flag only: the model's modes stay as they are
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model(images, self.words)
-
-
 def explain_words(model: nn.Module, images: torch.Tensor, inputs: torch.Tensor, nexts: torch.Tensor) -> Any:
     """Grad-CAM at the CNN's last conv (:data:`LAYER`) of each next word's log-probability, given the prefix.
 
@@ -215,8 +202,7 @@ def explain_words(model: nn.Module, images: torch.Tensor, inputs: torch.Tensor, 
     whose log-probabilities are explained; the target is the callable ``out[b, t, nexts[b, t]]`` on the
     (B, T, V) output, so the maps are (B, T, H, W), all T from one batched backward. Positions past a
     caption's end (``nexts`` = -100) explain the EOS word's log-probability and are ignored by callers.
-    The words are bound by a wrapper module today (camlens.explain takes one input tensor); with
-    several-input support this becomes ``camlens.explain(model, (images, inputs), ..., targets=fn)``.
+    The model's two inputs go in as one tuple, the images first; the words pass unchanged, not differentiated.
     """
     import camlens
 
@@ -225,9 +211,7 @@ def explain_words(model: nn.Module, images: torch.Tensor, inputs: torch.Tensor, 
     def word_logprob(out: torch.Tensor) -> torch.Tensor:
         return out.gather(2, chosen[:, :, None])[..., 0]
 
-    return camlens.explain(
-        _TeacherForced(model, inputs), images, method="gradcam", layer=f"model.{LAYER}", targets=word_logprob
-    )
+    return camlens.explain(model, (images, inputs), method="gradcam", layer=LAYER, targets=word_logprob)
 
 
 def _loss(model: nn.Module, batch: Any) -> tuple[torch.Tensor, int, int]:

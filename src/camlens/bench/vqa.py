@@ -204,33 +204,17 @@ class VQANet(nn.Module):
         return self.answer(self.image(images), questions)
 
 
-class _BoundQuestion(nn.Module):
-    """``model(images, questions)`` as a one-input model of the images: the questions are held, not explained."""
-
-    def __init__(self, model: nn.Module, questions: torch.Tensor) -> None:
-        super().__init__()
-        self.model = model
-        self.questions = questions
-        self.training = model.training  # this wrapper's flag only: the model's modes stay as they are
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model(images, self.questions)
-
-
 def explain_answers(
     model: nn.Module, images: torch.Tensor, questions: torch.Tensor, targets: Any, method: str = "gradcam"
 ) -> Any:
     """``camlens.explain`` of ``model(images, questions)`` at the image CNN's last conv (:data:`LAYER`).
 
-    The question bags pass to the model unchanged and are not differentiated. Today they are bound by a
-    wrapper module (camlens.explain takes one input tensor); with several-input support this becomes
-    ``camlens.explain(model, (images, questions), method, layer=LAYER, targets=targets)``.
+    The model's two inputs go in as one tuple, the images first (the batch ``camlens.explain`` explains);
+    the question bags pass to the model unchanged and are not differentiated.
     """
     import camlens
 
-    return camlens.explain(
-        _BoundQuestion(model, questions), images, method=method, layer=f"model.{LAYER}", targets=targets
-    )
+    return camlens.explain(model, (images, questions), method=method, layer=LAYER, targets=targets)
 
 
 def _batches(data: VQASet, images_per_batch: int) -> Any:
