@@ -38,6 +38,7 @@ def explain(
     Example:
         >>> exp = camlens.explain(model, x, method="gradcam++", targets="top3")
         >>> exp.maps.shape  # (B, 3, H, W)
+        torch.Size([1, 3, 64, 64])
     """
     cls = get_method(method)
     check_options(cls, options)

@@ -168,7 +168,8 @@ class IntegratedGradients(CAMMethod):
 
     Example:
         >>> exp = camlens.explain(model, x, method="integrated-gradients", steps=64, baseline="blur")
-        >>> exp.pixels.sum((2, 3, 4))  # ~ S(x) - S(x'), per target
+        >>> exp.pixels.shape  # (B, K, C, H, W); exp.pixels.sum((2, 3, 4)) ~ S(x) - S(x'), per target
+        torch.Size([1, 1, 3, 64, 64])
     """
 
     needs_gradients: ClassVar[bool] = True
@@ -233,7 +234,9 @@ class SmoothGrad(CAMMethod):
     averages |gradients| unless ``abs=False``); ``raw`` is max over channels of its absolute value.
 
     Example:
-        >>> exp = camlens.explain(model, x, method="smoothgrad", samples=50, noise=0.15, seed=1)
+        >>> exp = camlens.explain(model, x, method="smoothgrad", samples=8, noise=0.15, seed=1)
+        >>> exp.pixels.shape  # the mean gradient over 8 noisy copies
+        torch.Size([1, 1, 3, 64, 64])
     """
 
     needs_gradients: ClassVar[bool] = True
@@ -291,6 +294,12 @@ class SmoothGrad(CAMMethod):
 
 @register("smoothgrad-guided")
 class SmoothGradGuided(SmoothGrad):
-    """SmoothGrad over guided backprop (Smilkov et al. 2017, sec. 4): the mean guided gradient over noise."""
+    """SmoothGrad over guided backprop (Smilkov et al. 2017, sec. 4): the mean guided gradient over noise.
+
+    Example:
+        >>> exp = camlens.SmoothGradGuided(model, samples=8, seed=1)(x, targets=3)
+        >>> exp.pixels.shape
+        torch.Size([1, 1, 3, 64, 64])
+    """
 
     rule = "guided"

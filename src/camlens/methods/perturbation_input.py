@@ -145,7 +145,8 @@ class Occlusion(_InputPerturbation):
 
     Example:
         >>> exp = camlens.explain(model, x, method="occlusion", window=32, stride=16)
-        >>> exp.raw  # (B, K, H, W): f(x) - f(occluded), averaged over the windows covering each pixel
+        >>> exp.raw.shape  # (B, K, H, W): f(x) - f(occluded), averaged over the windows covering each pixel
+        torch.Size([1, 1, 64, 64])
     """
 
     def __init__(
@@ -231,7 +232,9 @@ class RISE(_InputPerturbation):
     Cost: B * N forwards (4000 per image with the paper's defaults).
 
     Example:
-        >>> exp = camlens.explain(model, x, method="rise", n_masks=2000, seed=1)
+        >>> exp = camlens.explain(model, x, method="rise", n_masks=64, seed=1)
+        >>> exp.raw.shape  # (B, K, H, W); the paper uses N = 4000 to 8000 masks
+        torch.Size([1, 1, 64, 64])
     """
 
     def __init__(
@@ -370,8 +373,9 @@ class LIME(_InputPerturbation):
         progress: tqdm bar; ``None`` shows it for 256 copies or more.
 
     Example:
-        >>> exp = camlens.explain(model, x, method="lime", n_samples=500, segmentation="slic")
-        >>> exp.raw  # (B, K, H, W): each pixel holds its superpixel's coefficient
+        >>> exp = camlens.explain(model, x, method="lime", n_samples=64, segmentation="slic")
+        >>> exp.raw.shape  # (B, K, H, W): each pixel holds its superpixel's coefficient
+        torch.Size([1, 1, 64, 64])
     """
 
     def __init__(
