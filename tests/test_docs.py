@@ -1,6 +1,7 @@
 """The public API's docstrings: every name in ``camlens.__all__`` is documented, and its example runs.
 
-Each public name's docstring must hold an ``Example:`` (or ``Examples:``) section of doctest lines, and those
+Each public name's docstring must hold an ``Examples:`` section of doctest lines (the Google-style section
+mkdocstrings renders as code; griffe reads a singular ``Example:`` as an admonition of Markdown), and those
 lines run here with :mod:`doctest` in the namespace :func:`example_namespace` builds (the same one the API
 reference names at its top, ``docs/api.md``): ``camlens``, ``torch``, ``model`` (torchvision's ResNet-18,
 10 classes, seeded random weights, eval mode) and ``x`` (a seeded (1, 3, 64, 64) batch). An example that raises
@@ -22,7 +23,7 @@ import torchvision
 import camlens
 
 # a section header of a Google-style docstring, as mkdocstrings (griffe) reads it
-_EXAMPLES = re.compile(r"^\s*Examples?:\s*$", re.MULTILINE)
+_EXAMPLES = re.compile(r"^\s*Examples:\s*$", re.MULTILINE)
 
 
 def example_namespace() -> dict[str, Any]:
@@ -42,7 +43,7 @@ def test_public_name_has_docstring_with_examples(name: str) -> None:
     doc = _docstring(name)
     assert doc, f"camlens.{name} has no docstring"
     match = _EXAMPLES.search(doc)
-    assert match, f"camlens.{name}: no 'Example:' section in its docstring"
+    assert match, f"camlens.{name}: no 'Examples:' section in its docstring"
     assert ">>>" in doc[match.end() :], f"camlens.{name}: its Example section holds no '>>>' line"
 
 

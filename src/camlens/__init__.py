@@ -5,7 +5,7 @@ backpropagation-based maps (saliency, guided backprop, Integrated Gradients, Smo
 perturbation-based ones (LIME, occlusion, RISE), for CNNs and vision transformers, as one pipeline with
 one result object, :class:`Explanation`.
 
-Example:
+Examples:
     >>> import camlens
     >>> exp = camlens.explain(model, x, method="gradcam", targets="top5")
     >>> exp.maps  # (B, 5, H, W) in [0, 1]

@@ -51,7 +51,7 @@ def perturbed_scores(
         The chunks' scores concatenated in row order, in the scorer's dtype and device (an empty (0,)
         tensor for N = 0).
 
-    Example:
+    Examples:
         >>> scorer = RowScorer(ids, "probability")
         >>> perturbed_scores(lambda rows: model(masked[rows]), owners, scorer, 16, desc="masks")
     """
@@ -128,7 +128,7 @@ def baseline(
 
     ``name`` is the argument's name in error messages (``"substrate"`` for the faithfulness metrics).
 
-    Example:
+    Examples:
         >>> start = baseline(x, "blur")  # IG's path from the blurred image
         >>> hidden = baseline(x, "mean", segments=labels)  # LIME's switched-off superpixels
     """

@@ -35,7 +35,7 @@ def explain(
         targets: ``None`` (top-1), an int, one int per sample, (B, K) ids, ``"topK"`` or a callable.
         **options: method options (``counterfactual=True``, ``score="logit"``, ``batch_size=...``).
 
-    Example:
+    Examples:
         >>> exp = camlens.explain(model, x, method="gradcam++", targets="top3")
         >>> exp.maps.shape  # (B, 3, H, W)
         torch.Size([1, 3, 64, 64])

@@ -68,7 +68,7 @@ class LayerRef:
 
     ``str()`` gives the form ``layer=`` accepts: the name, and ``"name@i"`` for call i of a shared module.
 
-    Example:
+    Examples:
         >>> ref = camlens.find_layer(model, x)
         >>> str(ref), ref.call
         ('layer4', None)
@@ -85,7 +85,7 @@ class LayerRef:
 def layer_names(model: nn.Module) -> list[str]:
     """Names of all submodules, as ``layer=`` accepts them (``model.named_modules()`` without the root).
 
-    Example:
+    Examples:
         >>> names = camlens.layer_names(model)
         >>> names[:3], "layer4.1.conv2" in names
         (['conv1', 'bn1', 'relu'], True)
@@ -174,7 +174,7 @@ def trace_calls(model: nn.Module, inputs: torch.Tensor) -> list[CallRecord]:
     when the forward raises. The model itself is not listed; a module registered under two names is
     listed under its ``named_modules()`` name. Sort by ``start`` for the order in which calls begin.
 
-    Example:
+    Examples:
         >>> [str(c.layer) for c in trace_calls(model, x) if c.shape and len(c.shape) == 4][-1]
         'layer4'
     """
@@ -481,7 +481,7 @@ def find_layer(model: nn.Module, x: torch.Tensor) -> LayerRef:
     Raises:
         ValueError: the model has no 4-D (B, C, h, w) intermediate output.
 
-    Example:
+    Examples:
         >>> ref = camlens.find_layer(model, x)  # one probe forward on x, remembered per model
         >>> ref.name  # ResNet: the block before global average pooling
         'layer4'

@@ -16,7 +16,7 @@ def normalize_maps(maps: torch.Tensor) -> torch.Tensor:
     A map whose range is within a few float ulps of its magnitude (a constant map, or the rounding noise
     that bilinear upsampling leaves on one) becomes all zeros, never NaN and never amplified noise.
 
-    Example:
+    Examples:
         >>> camlens.normalize_maps(torch.tensor([[1.0, 3.0], [5.0, 2.0]]))
         tensor([[0.0000, 0.5000],
                 [1.0000, 0.2500]])
@@ -57,7 +57,7 @@ class Explanation:
     normalised per map (:func:`normalize_maps`); boxes follow the CAM paper (Zhou et al. 2016, sec. 4.1):
     the largest connected region above ``threshold`` x max, end-exclusive ``[x0, y0, x1, y1)``.
 
-    Example:
+    Examples:
         >>> exp = camlens.explain(model, x, method="gradcam", targets="top3")
         >>> exp.raw.shape, exp.maps.shape, exp.targets.shape
         (torch.Size([1, 3, 2, 2]), torch.Size([1, 3, 64, 64]), torch.Size([1, 3]))

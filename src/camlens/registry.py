@@ -48,7 +48,7 @@ def unregister(name: str) -> None:
 def methods() -> list[str]:
     """Names of the registered methods, in registration order (the CLI's ``--method`` choices).
 
-    Example:
+    Examples:
         >>> names = camlens.methods()
         >>> "gradcam" in names and "lime" in names
         True
@@ -64,7 +64,7 @@ def get_method(name: str) -> type[CAMMethod]:
         TypeError: ``name`` is not a string.
         ValueError: unknown name, with the closest registered names.
 
-    Example:
+    Examples:
         >>> camlens.get_method("Grad_CAM") is camlens.GradCAM
         True
     """

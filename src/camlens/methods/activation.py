@@ -57,7 +57,7 @@ class CAM(CAMMethod):
         layer: the layer feeding global pooling (``None``: found automatically).
         fc: the linear head, as a module or a (classes, channels) weight tensor, to skip the search.
 
-    Example:
+    Examples:
         >>> cam = camlens.CAM(model)  # ResNet: layer4 -> avgpool -> fc, found and verified
         >>> exp = cam(x, targets="top5")
         >>> exp.maps.shape  # (B, 5, H, W)
@@ -150,7 +150,7 @@ class EigenCAM(CAMMethod):
         center: subtract the per-channel mean over positions before the SVD (pytorch-grad-cam does;
             the paper does not, hence the default ``False``).
 
-    Example:
+    Examples:
         >>> exp = camlens.EigenCAM(model)(x, targets="top2")
         >>> torch.equal(exp.raw[:, 0], exp.raw[:, 1])  # one map, whatever the target
         True

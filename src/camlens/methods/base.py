@@ -168,7 +168,7 @@ class CAMMethod:
     values, no hook left on the model and its train flags, ``requires_grad`` and ``.grad`` unchanged after
     the call, also after an exception; a batch of 2 gives what two batches of 1 give.
 
-    Example:
+    Examples:
         >>> class ChannelMean(camlens.CAMMethod):  # w_k = 1 / C for every target: map = mean_k A_k
         ...     def weights(self, ctx):  # -> (B, K, C); ctx.activation is A (B, C, h, w), ctx.scores S (B, K)
         ...         channels = ctx.activation.shape[1]

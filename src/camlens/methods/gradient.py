@@ -57,7 +57,7 @@ class GradCAM(_Gradient):
     gradients (the paper's counterfactual explanations: regions whose removal raises the score).
     ``Explanation.raw`` keeps the signed map, so ReLU(-raw) of a plain call is the counterfactual map.
 
-    Example:
+    Examples:
         >>> exp = camlens.GradCAM(model, layer="layer4")(x, targets=[[3, 5]])  # two classes per image
         >>> exp.maps.shape  # (B, 2, H, W)
         torch.Size([1, 2, 64, 64])
@@ -82,7 +82,7 @@ class GradCAMPlusPlus(_Gradient):
     Half-precision activations are promoted to float32 for the weights: G^3 underflows in float16
     for |G| < 4e-3, common on real models.
 
-    Example:
+    Examples:
         >>> exp = camlens.GradCAMPlusPlus(model)(x, targets="top3")
         >>> exp.maps.shape
         torch.Size([1, 3, 64, 64])
@@ -106,7 +106,7 @@ class XGradCAM(_Gradient):
 
     A channel whose activation sums to zero gets weight 0.
 
-    Example:
+    Examples:
         >>> exp = camlens.XGradCAM(model)(x, targets=3)
         >>> exp.maps.shape
         torch.Size([1, 1, 64, 64])
@@ -126,7 +126,7 @@ class HiResCAM(_Gradient):
     Unlike Grad-CAM, no spatial averaging of the gradient, so the map is faithful to the
     computation when the head is GAP + linear (where it equals CAM / (hw)).
 
-    Example:
+    Examples:
         >>> hires = camlens.HiResCAM(model)(x, targets=3).raw
         >>> torch.allclose(hires * 4, camlens.CAM(model)(x, targets=3).raw, atol=1e-5)  # layer4 is 2 x 2
         True
@@ -142,7 +142,7 @@ class LayerCAM(_Gradient):
 
     Meant for shallower layers too, where Grad-CAM's averaged weights blur.
 
-    Example:
+    Examples:
         >>> exp = camlens.LayerCAM(model, layer="layer2")(x, targets=3)
         >>> exp.raw.shape  # layer2 of a ResNet: 1/8 of the input
         torch.Size([1, 1, 8, 8])

@@ -781,7 +781,7 @@ class LRPEpsilonPlus(_LRPMethod):
     Rules from Montavon et al., "Layer-wise relevance propagation: an overview" (2019): z+ passes relevance
     in proportion to the positive contributions x_j w_jk^+; epsilon divides by z_k + eps sign(z_k).
 
-    Example:
+    Examples:
         >>> exp = camlens.LRPEpsilonPlus(model)(x, targets=3)
         >>> exp.raw.shape  # (B, K, H, W): relevance summed over colour channels, signed
         torch.Size([1, 1, 64, 64])
@@ -797,7 +797,7 @@ class LRPEpsilonPlusFlat(_LRPMethod):
     Rules from Montavon et al. (2019); the flat first layer spreads relevance uniformly over each
     receptive field (Lapuschkin et al. 2019), the shape Kohlbrenner et al. (2020) recommend.
 
-    Example:
+    Examples:
         >>> exp = camlens.LRPEpsilonPlusFlat(model)(x, targets=3)
         >>> exp.pixels.shape
         torch.Size([1, 1, 3, 64, 64])
@@ -813,7 +813,7 @@ class LRPEpsilonGammaBox(_LRPMethod):
     Rules from Montavon et al. (2019): gamma adds gamma w^+ to the weights (gamma = 0.25); z-box (Montavon
     et al. 2017, deep Taylor decomposition) bounds the input by the box of valid pixel values.
 
-    Example:
+    Examples:
         >>> exp = camlens.LRPEpsilonGammaBox(model)(x, targets=3)
         >>> exp.pixels.shape
         torch.Size([1, 1, 3, 64, 64])
@@ -828,7 +828,7 @@ class LRPEpsilonAlpha2Beta1(_LRPMethod):
 
     The alpha-beta rule (Bach et al. 2015): R_j = sum_k (alpha z_jk^+ / z_k^+ - beta z_jk^- / z_k^-) R_k.
 
-    Example:
+    Examples:
         >>> exp = camlens.LRPEpsilonAlpha2Beta1(model)(x, targets=3)
         >>> exp.pixels.shape
         torch.Size([1, 1, 3, 64, 64])
@@ -846,7 +846,7 @@ class LRP(_LRPMethod):
     layers and the first layer with a rule object (:class:`Epsilon`, :class:`ZPlus`, :class:`AlphaBeta`,
     :class:`Gamma`, :class:`Flat`, :class:`WSquare`, :class:`ZBox`).
 
-    Example:
+    Examples:
         >>> from camlens.methods.lrp import Epsilon
         >>> exp = camlens.LRP(model, linear=Epsilon(0.25))(x, targets=3)
         >>> exp.pixels.sum(2).shape  # (B, K, H, W) relevance heatmap; sums to about the logit

@@ -44,7 +44,7 @@ class ScoreCAM(CAMMethod):
     channels-last layout (``channels_last=False`` keeps the input's). A callable target is applied to
     batches of masked copies of one sample and must therefore score each row independently.
 
-    Example:
+    Examples:
         >>> exp = camlens.ScoreCAM(model, layer="layer4")(x, targets=3)
         >>> exp.maps.shape
         torch.Size([1, 1, 64, 64])
@@ -125,7 +125,7 @@ class AblationCAM(CAMMethod):
     that are already all zero are not ablated (y_c^k = y_c, w_k = 0). Note the paper's division by
     y_c: a negative target score flips the sign of every weight.
 
-    Example:
+    Examples:
         >>> exp = camlens.AblationCAM(model, layer="layer4")(x, targets=3)
         >>> exp.raw.shape  # (B, K, h, w) at the layer's resolution
         torch.Size([1, 1, 2, 2])

@@ -143,7 +143,7 @@ class Occlusion(_InputPerturbation):
 
     Cost: B * ceil((H - h) / sh + 1) * ceil((W - w) / sw + 1) forwards (49 at 224 x 224 with the defaults).
 
-    Example:
+    Examples:
         >>> exp = camlens.explain(model, x, method="occlusion", window=32, stride=16)
         >>> exp.raw.shape  # (B, K, H, W): f(x) - f(occluded), averaged over the windows covering each pixel
         torch.Size([1, 1, 64, 64])
@@ -231,7 +231,7 @@ class RISE(_InputPerturbation):
 
     Cost: B * N forwards (4000 per image with the paper's defaults).
 
-    Example:
+    Examples:
         >>> exp = camlens.explain(model, x, method="rise", n_masks=64, seed=1)
         >>> exp.raw.shape  # (B, K, H, W); the paper uses N = 4000 to 8000 masks
         torch.Size([1, 1, 64, 64])
@@ -372,7 +372,7 @@ class LIME(_InputPerturbation):
         batch_size: perturbed copies per forward.
         progress: tqdm bar; ``None`` shows it for 256 copies or more.
 
-    Example:
+    Examples:
         >>> exp = camlens.explain(model, x, method="lime", n_samples=64, segmentation="slic")
         >>> exp.raw.shape  # (B, K, H, W): each pixel holds its superpixel's coefficient
         torch.Size([1, 1, 64, 64])
