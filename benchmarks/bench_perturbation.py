@@ -1,6 +1,6 @@
 """LIME, occlusion and RISE: camlens against captum, the lime package and RISE's own code, at equal samples.
 
-    python benchmarks/bench_perturbation.py                 # 3 rounds (about 10 min on one busy core)
+    python benchmarks/bench_perturbation.py                 # 3 rounds (about 15 min on one busy core)
     python benchmarks/bench_perturbation.py --rounds 5 --lime-samples 500 --rise-masks 1000
 
 What is measured:
@@ -12,7 +12,9 @@ What is measured:
   occlusion with a 32 x 32 window, stride 16 (169 windows, baseline 0); LIME with the same quickshift
   segments (LIME's default, computed once and given to every tool: the segmentation is timed alone),
   ``--lime-samples`` samples, mean-colour baseline, LIME's kernel and Ridge(alpha=1); RISE with
-  ``--rise-masks`` masks of 7 x 7 cells, p = 0.5. Peers run at their default batch (captum's
+  ``--rise-masks`` masks of 7 x 7 cells, p = 0.5. camlens runs each at float32 (its default, exact) and
+  at ``precision="bfloat16"`` (autocast), whose maps are compared with float32's (correlations, relative
+  max difference, IoU of the top 10% pixels). Peers run at their default batch (captum's
   ``perturbations_per_eval=1``, lime's ``batch_size=10``) and at camlens' batch (``--batch``).
 * RISE's peer is the authors' code (``explanations.py``: masks by ``skimage.transform.resize`` in a loop,
   ``torch.mul(masks, x)``, forwards of ``gpu_batch`` rows, a matmul), with its mask generation *not* timed
@@ -68,6 +70,21 @@ def _rise_reference(model: Any, x: torch.Tensor, n: int, s: int, p1: float, batc
             return sal.view(-1, *size) / n / p1
 
     return explain
+
+
+def _agreement(full: Any, half: Any) -> dict[str, float]:
+    """How close the bfloat16 map is to the float32 one: correlations, relative max difference, top-10% IoU."""
+    from scipy.stats import spearmanr
+
+    a, b = full.raw.flatten().double().numpy(), half.raw.flatten().double().numpy()
+    k = max(1, a.size // 10)
+    top_a, top_b = set(np.argsort(-a)[:k].tolist()), set(np.argsort(-b)[:k].tolist())
+    return {
+        "pearson": float(np.corrcoef(a, b)[0, 1]),
+        "spearman": float(spearmanr(a, b).statistic),
+        "max_abs_diff_rel": float(np.abs(a - b).max() / max(np.abs(a).max(), 1e-12)),
+        "top10_iou": len(top_a & top_b) / len(top_a | top_b),
+    }
 
 
 def main() -> None:
@@ -154,37 +171,44 @@ def main() -> None:
         )  # fmt: skip
 
     n_rise = args.rise_masks
-    # name -> (callable, forwards, the camlens case it is compared with or None)
-    cases: dict[str, tuple[Callable[[], Any], int, str | None]] = {
-        "camlens occlusion": (
-            lambda: camlens.explain(model, x, "occlusion", targets=target, window=32, stride=16, batch_size=batch),
-            169,
-            None,
-        ),
-        "captum Occlusion, perturbations_per_eval=1": (captum_occlusion(1), 169, "camlens occlusion"),
-        f"captum Occlusion, perturbations_per_eval={batch}": (captum_occlusion(batch), 169, "camlens occlusion"),
-        "camlens lime (segments given)": (
-            lambda: camlens.explain(
-                model, x, "lime", targets=target, segmentation=segments, n_samples=n_lime, batch_size=batch
-            ),
-            n_lime,
-            None,
-        ),
-        "captum Lime, perturbations_per_eval=1": (captum_lime(1), n_lime, "camlens lime (segments given)"),
-        f"captum Lime, perturbations_per_eval={batch}": (captum_lime(batch), n_lime, "camlens lime (segments given)"),
-        "lime LimeImageExplainer, batch_size=10": (lime_package(10), n_lime, "camlens lime (segments given)"),
-        f"lime LimeImageExplainer, batch_size={batch}": (lime_package(batch), n_lime, "camlens lime (segments given)"),
+    ours = {  # camlens' three methods at equal samples; each also runs at bfloat16 autocast
+        "occlusion": dict(window=32, stride=16),
+        "lime": dict(segmentation=segments, n_samples=n_lime),
+        "rise": dict(n_masks=n_rise),
+    }
+
+    def camlens_call(method: str, precision: str) -> Callable[[], Any]:
+        return lambda: camlens.explain(
+            model, x, method, targets=target, batch_size=batch, precision=precision, **ours[method]
+        )
+
+    occ, occ16 = "camlens occlusion", "camlens occlusion, precision=bfloat16"
+    lim, lim16 = "camlens lime (segments given)", "camlens lime, precision=bfloat16"
+    ris, ris16 = "camlens rise", "camlens rise, precision=bfloat16"
+    # name -> (callable, forwards, the camlens cases (float32, bfloat16) it is compared with, or None)
+    cases: dict[str, tuple[Callable[[], Any], int, tuple[str, str] | None]] = {
+        occ: (camlens_call("occlusion", "float32"), 169, None),
+        occ16: (camlens_call("occlusion", "bfloat16"), 169, None),
+        "captum Occlusion, perturbations_per_eval=1": (captum_occlusion(1), 169, (occ, occ16)),
+        f"captum Occlusion, perturbations_per_eval={batch}": (captum_occlusion(batch), 169, (occ, occ16)),
+        lim: (camlens_call("lime", "float32"), n_lime, None),
+        lim16: (camlens_call("lime", "bfloat16"), n_lime, None),
+        "captum Lime, perturbations_per_eval=1": (captum_lime(1), n_lime, (lim, lim16)),
+        f"captum Lime, perturbations_per_eval={batch}": (captum_lime(batch), n_lime, (lim, lim16)),
+        "lime LimeImageExplainer, batch_size=10": (lime_package(10), n_lime, (lim, lim16)),
+        f"lime LimeImageExplainer, batch_size={batch}": (lime_package(batch), n_lime, (lim, lim16)),
         "quickshift segmentation alone (LIME's default)": (lambda: lime_method.segments(x), 0, None),
-        "camlens rise": (
-            lambda: camlens.explain(model, x, "rise", targets=target, n_masks=n_rise, batch_size=batch),
-            n_rise,
-            None,
-        ),
+        ris: (camlens_call("rise", "float32"), n_rise, None),
+        ris16: (camlens_call("rise", "bfloat16"), n_rise, None),
         f"RISE authors' code, gpu_batch={batch} (masks not timed)": (
             _rise_reference(model, x, n_rise, 7, 0.5, batch),
             n_rise,
-            "camlens rise",
+            (ris, ris16),
         ),
+    }
+    # what bfloat16 costs in agreement: the signed maps at float32 and at bfloat16, same seeds and samples
+    agreement = {
+        method: _agreement(camlens_call(method, "float32")(), camlens_call(method, "bfloat16")()) for method in ours
     }
     for fn, _, _ in cases.values():  # warm-up: imports, allocator, first calls
         fn()
@@ -204,9 +228,10 @@ def main() -> None:
             "ratio_iqr": [q1, q3],
         }
         if versus is not None:
-            paired = [peer / ours for peer, ours in zip(times[name], times[versus])]
-            row["slower_than_camlens_median"] = statistics.median(paired)
-            row["slower_than_camlens_iqr"] = list(_quartiles(paired))
+            for key, case in zip(("slower_than_camlens", "slower_than_camlens_bfloat16"), versus):
+                paired = [peer / own for peer, own in zip(times[name], times[case])]
+                row[f"{key}_median"] = statistics.median(paired)
+                row[f"{key}_iqr"] = list(_quartiles(paired))
         rows.append(row)
     results = {
         "command": "python benchmarks/bench_perturbation.py" + "".join(" " + a for a in sys.argv[1:]),
@@ -224,6 +249,7 @@ def main() -> None:
         "batch": batch,
         "forward_seconds_median": statistics.median(floors),
         "cases": rows,
+        "bfloat16_agreement": agreement,
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -231,17 +257,30 @@ def main() -> None:
 
     print(f"\none forward pass (1 image, 1 thread): {1000 * results['forward_seconds_median']:.1f} ms (median)")
     print(f"LIME segments: {d}; rounds: {args.rounds}\n")
-    print("| case | forwards | median s | x forward (IQR) | peer time / camlens time (IQR) |")
-    print("|---|---:|---:|---|---|")
+    print(
+        "| case | forwards | median s | x forward (IQR) | peer time / camlens time (IQR) "
+        "| peer time / camlens bfloat16 time (IQR) |"
+    )
+    print("|---|---:|---:|---|---|---|")
     for row in rows:
         q1, q3 = row["ratio_iqr"]
-        versus = ""
-        if "slower_than_camlens_median" in row:
-            p1, p3 = row["slower_than_camlens_iqr"]
-            versus = f"{row['slower_than_camlens_median']:.2f} ({p1:.2f}-{p3:.2f})"
+        versus = []
+        for key in ("slower_than_camlens", "slower_than_camlens_bfloat16"):
+            if f"{key}_median" in row:
+                p1, p3 = row[f"{key}_iqr"]
+                versus.append(f"{row[f'{key}_median']:.2f} ({p1:.2f}-{p3:.2f})")
+        versus += [""] * (2 - len(versus))
         print(
             f"| {row['case']} | {row['forwards']} | {row['seconds_median']:.2f} | "
-            f"{row['ratio_to_forward_median']:.0f} ({q1:.0f}-{q3:.0f}) | {versus} |"
+            f"{row['ratio_to_forward_median']:.0f} ({q1:.0f}-{q3:.0f}) | {versus[0]} | {versus[1]} |"
+        )
+    print("\nbfloat16 against float32 (same samples and seeds), signed maps:\n")
+    print("| method | Pearson r | Spearman rho | max abs difference / max abs map | top-10% pixels IoU |")
+    print("|---|---:|---:|---:|---:|")
+    for method, a in agreement.items():
+        print(
+            f"| {method} | {a['pearson']:.4f} | {a['spearman']:.4f} | {a['max_abs_diff_rel']:.4f} "
+            f"| {a['top10_iou']:.3f} |"
         )
     print(f"\nwrote {out}")
 

@@ -4,6 +4,7 @@
     python benchmarks/run_sanity_lite0.py --quick  # 3 methods, 3 blocks: prints only
     python benchmarks/run_sanity_lite0.py --methods rise,lime --no-doc  # some methods: JSON only
     python benchmarks/run_sanity_lite0.py --merge-doc benchmarks/results/sanity_lite0.json  # their rows into the doc
+    python benchmarks/run_sanity_lite0.py --methods rise,lime --figure sanity_x.png  # seed 0: a subset's figure
 
 What it does (docs/sanity.md repeats it next to the numbers):
 
@@ -377,6 +378,11 @@ def main() -> None:
     parser.add_argument("--json", default=str(RESULTS), help=f"JSON file to write (default {RESULTS})")
     parser.add_argument("--merge-doc", metavar="JSON", help="append a --no-doc run's rows to docs/sanity.md")
     parser.add_argument("--tag", default="(run 2)", help="what --merge-doc writes after each appended method")
+    parser.add_argument(
+        "--figure",
+        metavar="NAME",
+        help="run seed 0 only and draw its cascading figure to docs/img/NAME (no JSON, no doc): a subset's picture",
+    )
     args = parser.parse_args()
     if args.merge_doc:
         merge_doc(Path(args.merge_doc), args.tag)
@@ -395,6 +401,11 @@ def main() -> None:
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     progress = sys.stderr.isatty()
     base = run(methods, x, args.quick, progress=progress)
+    if args.figure:
+        IMG.mkdir(parents=True, exist_ok=True)
+        shrink(plot_results(list(base.values()), IMG / Path(args.figure).name, images=images))
+        print(f"wrote {IMG / Path(args.figure).name} in {(time.perf_counter() - start) / 60:.1f} min")
+        return
     if args.quick:
         print(f"{time.perf_counter() - start:.0f} s")
         return

@@ -108,3 +108,83 @@ class HeadTap(nn.Module):
         x = m._blocks(x)
         x = self.tap(m._swish(m._bn1(m._conv_head(x))))
         return m._fc(m._dropout(m._avg_pooling(x).flatten(1)))
+
+
+class TwoInputNet(nn.Module):
+    """A model with a second input (a question-like vector): conv -> ReLU (``features``) -> global average
+    pooling, concatenated with ReLU(``embed(q)``) -> linear ``fc``. The question changes every logit, so a
+    row run with another sample's question gives other scores."""
+
+    def __init__(self, channels: int = 4, words: int = 5, classes: int = 3, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.features = nn.Sequential(nn.Conv2d(3, channels, 3, stride=2, padding=1), nn.ReLU())
+        self.embed = nn.Linear(words, 3)
+        self.fc = nn.Linear(channels + 3, classes)
+        self.eval()
+
+    def forward(self, x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        pooled = self.features(x).mean((2, 3))
+        return self.fc(torch.cat([pooled, F.relu(self.embed(q))], 1))
+
+
+def calibrate_batch_norms(model: nn.Module, images: torch.Tensor, part: nn.Module | None = None) -> nn.Module:
+    """Random-weight torchvision models: batch-norm statistics measured on ``images`` (cumulative average).
+
+    With the default statistics (mean 0, variance 1) activations grow through 50 random layers and every
+    detection score saturates at 1 (zero gradients); measured statistics keep the scores in (0, 1).
+    ``part`` (default ``model.backbone``) is run on ImageNet-normalised ``images``.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    for m in norms:
+        m.momentum = None
+        m.reset_running_stats()
+        m.train()
+    with torch.no_grad():
+        (part if part is not None else model.backbone)((images - 0.45) / 0.225)  # type: ignore[operator]
+    model.eval()
+    return model
+
+
+def detector(name: str, size: int = 128, classes: int = 5, seed: int = 0) -> nn.Module:
+    """A torchvision detector with random weights (no download) that detects something on noise images:
+    score threshold 0, batch norms calibrated, images resized to ``size`` inside the model (SSDlite: 320)."""
+    import torchvision
+
+    torch.manual_seed(seed)
+    kwargs: dict = {"weights": None, "weights_backbone": None, "num_classes": classes}
+    if not name.startswith("ssd"):
+        kwargs.update(min_size=size, max_size=size)
+    model = torchvision.models.get_model(name, **kwargs)
+    if hasattr(model, "roi_heads"):
+        model.roi_heads.score_thresh = 0.0
+        model.roi_heads.detections_per_img = 20
+    else:
+        # fewer candidates per level than the defaults (1000, 300): fewer rows in every backward
+        model.score_thresh, model.detections_per_img = 0.0, 20
+        if hasattr(model, "topk_candidates"):
+            model.topk_candidates = 50
+    return calibrate_batch_norms(model, inputs(4, size, seed=seed + 1).sigmoid())
+
+
+def segmenter(name: str, classes: int = 4, seed: int = 0) -> nn.Module:
+    """A torchvision segmenter with random weights (no download), batch norms calibrated."""
+    import torchvision
+
+    torch.manual_seed(seed)
+    model = torchvision.models.get_model(name, weights=None, weights_backbone=None, num_classes=classes)
+    return calibrate_batch_norms(model, inputs(4, 64, seed=seed + 1).sigmoid(), part=model)
+
+
+def cli_detector() -> nn.Module:
+    """A factory for ``--model tests.nets:cli_detector``: Faster R-CNN (MobileNetV3, 320 px) with random weights
+    and calibrated batch norms, 3 classes, so there are detections above --min-score to explain."""
+    model = detector("fasterrcnn_mobilenet_v3_large_320_fpn", size=320, classes=3)
+    model.transform.min_size, model.transform.max_size = (96,), 96
+    model.roi_heads.detections_per_img = 4
+    return model
+
+
+def cli_segmenter() -> nn.Module:
+    """A factory for ``--model tests.nets:cli_segmenter``: LR-ASPP (MobileNetV3) with random weights, 4 classes."""
+    return segmenter("lraspp_mobilenet_v3_large")

@@ -656,6 +656,7 @@ def test_skip_bad_markers_and_collate(tmp_path: Path) -> None:
     batches = list(loader)
     assert [b[1].tolist() for b in batches] == [[0], [3]]
     assert [[s.index for s in b.skipped] for b in batches] == [[1], [2]]
+    assert [b.sizes for b in batches] == [[(6, 5)], [(6, 5)]]  # read in the worker that decoded the image
     images, _ = batches[1]
     assert torch.allclose(images[0], normalised((80, 10, 20))[:, None, None].expand(3, 4, 4), atol=1e-6)
     empty = collate([dataset[1], dataset[2]])
@@ -696,3 +697,13 @@ def test_the_compatibility_module_names_the_same_objects() -> None:
 
     assert camlens.datasets.__all__ == camlens.data.__all__
     assert all(getattr(camlens.datasets, n) is getattr(camlens.data, n) for n in camlens.data.__all__)
+
+
+def test_load_image_formats_refuses_other_formats_before_decoding(tmp_path: Path) -> None:
+    pixels = np.arange(48, dtype=np.uint8).reshape(4, 4, 3)
+    Image.fromarray(pixels).save(tmp_path / "a.bmp")
+    Image.fromarray(pixels).save(tmp_path / "a.png")
+    assert np.array_equal(np.asarray(load_image(tmp_path / "a.bmp")), pixels)  # every format by default
+    assert np.array_equal(np.asarray(load_image(tmp_path / "a.png", formats=("PNG",))), pixels)
+    with pytest.raises(ValueError, match=r"a\.bmp: not an image of an accepted format \(PNG, JPEG\)"):
+        load_image(tmp_path / "a.bmp", formats=("PNG", "JPEG"))

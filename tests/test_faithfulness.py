@@ -557,6 +557,38 @@ def test_pointing_game_matches_a_brute_force_disk() -> None:
             assert pointing_game([m], [boxes], tol).tolist() == [expected]
 
 
+def test_pointing_game_on_masks_by_hand() -> None:
+    # an L-shaped region: row 3, columns 2..6, and column 6, rows 3..7
+    mask = np.zeros((10, 10), dtype=bool)
+    mask[3, 2:7] = True
+    mask[3:8, 6] = True
+    on = _peak((10, 10), (5, 6))
+    hole = _peak((10, 10), (5, 4))  # inside the L's bounding box, off its pixels: 2 px below (3, 4)
+    assert pointing_game([on, hole], masks=[mask, mask], tolerance=0).tolist() == [True, False]
+    # a box around the L would count the hole as a hit: the mask is what makes this a miss
+    assert pointing_game([hole], [np.array([[2, 3, 7, 8]])], tolerance=0).tolist() == [True]
+    assert pointing_game([hole], masks=[mask], tolerance=1.9).tolist() == [False]
+    assert pointing_game([hole], masks=[torch.from_numpy(mask)], tolerance=2).tolist() == [True]
+    # (9, 9): the nearest pixel of the L is (7, 6), 2 rows and 3 columns away: sqrt(13) = 3.606
+    corner = _peak((10, 10), (9, 9))
+    assert pointing_game([corner], masks=[mask], tolerance=3.6).tolist() == [False]
+    assert pointing_game([corner], masks=[mask], tolerance=3.61).tolist() == [True]
+    both = _peak((10, 10), (5, 6), (5, 4))  # two maxima: one on the L, one off it
+    assert pointing_game([both], masks=[mask], tolerance=0, ties="all").tolist() == [False]
+    assert pointing_game([both], masks=[mask], tolerance=0, ties="any").tolist() == [True]
+    assert pointing_game([both], masks=[mask], tolerance=0).tolist() == [False]  # first in raster order: (5, 4)
+    with pytest.raises(ValueError, match="either gt_boxes or masks"):
+        pointing_game([on], [np.array([[0, 0, 1, 1]])], masks=[mask])
+    with pytest.raises(ValueError, match="either gt_boxes or masks"):
+        pointing_game([on])
+    with pytest.raises(ValueError, match="mask 0 has shape"):
+        pointing_game([on], masks=[mask[:5]])
+    with pytest.raises(ValueError, match="mask 0 is empty"):
+        pointing_game([on], masks=[np.zeros((10, 10), dtype=bool)])
+    with pytest.raises(ValueError, match="1 masks"):
+        pointing_game([on, on], masks=[mask])
+
+
 def test_pointing_accuracy_is_the_mean_over_categories() -> None:
     hits = [True, False, False, True, True]
     # category 0: 1 hit in 3 -> 1/3; category 1: 2 in 2 -> 1; mean 2/3 (the plain fraction is 3/5).

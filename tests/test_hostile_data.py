@@ -377,6 +377,8 @@ def test_hostile_image_ids_stay_inside_out(tmp_path: Path, bundle: zoo.ModelBund
         "a/b/c/out/examples/gradcam.png",
         "a/b/c/out/examples/gradcam/image.png",
         "a/b/c/out/examples/gradcam/x.png",
+        "a/b/c/out/progress/batch-000000.json",
+        "a/b/c/out/progress/run.json",
         "a/b/c/out/results.json",
         "a/b/c/out/table.csv",
         "a/b/c/out/table.md",

@@ -325,3 +325,24 @@ def test_a_baseline_that_does_not_fit_names_both_shapes() -> None:
 def test_smoothgrad_bad_options(options: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         camlens.explain(_ReluNet(), nets.inputs(1, 8), method="smoothgrad", **options)
+
+
+def test_the_row_loop_reports_progress_and_can_be_cancelled() -> None:
+    from camlens._perturb import Cancelled, observe
+
+    w = torch.tensor([1.0, -2.0, 0.5]).view(1, 3, 1, 1)
+    x = torch.tensor([[2.0, 1.0, -4.0], [1.0, 1.0, 1.0]]).view(2, 3, 1, 1)
+    seen: list[tuple[int, int, str]] = []
+    with observe(lambda done, total, desc: seen.append((done, total, desc))):
+        camlens.explain(_Linear(w), x, method="integrated-gradients", targets=0, steps=3, batch_size=4)
+    # 2 images x 3 steps = 6 rows, 4 per chunk: before the first chunk, after 4, after 6
+    assert seen == [(0, 6, "Integrated Gradients"), (4, 6, "Integrated Gradients"), (6, 6, "Integrated Gradients")]
+
+    def stop(done: int, total: int, desc: str) -> None:
+        if done:
+            raise Cancelled
+
+    model = _Linear(w)
+    with observe(stop), pytest.raises(Cancelled):
+        camlens.explain(model, x, method="smoothgrad", targets=0, samples=4, batch_size=2)
+    assert all(p.grad is None for p in model.parameters()) and not any(m._forward_hooks for m in model.modules())

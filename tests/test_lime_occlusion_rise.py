@@ -319,3 +319,74 @@ def test_lime_asks_for_its_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     LIME(nets.GapNet(), segmentation=torch.zeros(8, 8, dtype=torch.long))  # own labels: no scikit-image needed
     with pytest.raises(ValueError, match="segmentation must be"):
         LIME(nets.GapNet(), segmentation="felzenszwalb")
+
+
+# ---------------------------------------------------------------------------------------------- precision
+
+
+class AutocastProbe(nn.Module):
+    """A conv net that records, per forward, whether CPU autocast was on and in which dtype.
+
+    Its weights are scaled so that perturbations move the scores by far more than bfloat16's resolution
+    (8 significant bits, ~0.4%): at the default init they move a random net's probabilities by ~1e-3 and
+    the bfloat16 LIME map is mostly rounding noise (r = 0.80 measured), the case docs/benchmarks.md warns of.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 3)
+        with torch.no_grad():
+            self.conv.weight.mul_(10)
+            self.fc.weight.mul_(10)
+        self.seen: list[tuple[bool, torch.dtype]] = []
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+        return self.fc(self.conv(x).relu().mean((2, 3)))
+
+
+@pytest.mark.parametrize("method", ["occlusion", "rise", "lime", "scorecam"])
+def test_bfloat16_runs_only_the_perturbed_forwards_under_autocast(method: str) -> None:
+    options = {
+        "occlusion": {"window": 4, "stride": 2},
+        "rise": {"n_masks": 16},
+        "lime": {"n_samples": 16},
+        "scorecam": {},
+    }[method]
+    if method == "lime":
+        options["segmentation"] = torch.arange(4).repeat_interleave(2).repeat(8, 1)  # 4 vertical stripes
+    x = torch.rand(2, 3, 8, 8)
+    model = AutocastProbe()
+    exact = camlens.explain(model, x, method, targets=1, **options)
+    assert not any(on for on, _ in model.seen)  # float32, the default, never autocasts
+    model.seen.clear()
+    fast = camlens.explain(model, x, method, targets=1, precision="bfloat16", **options)
+    assert model.seen[0] == (False, model.seen[0][1])  # the unperturbed forward: the model as it is
+    perturbed = model.seen[1:]
+    assert perturbed and all(on and dtype == torch.bfloat16 for on, dtype in perturbed)
+    assert fast.raw.dtype == exact.raw.dtype == torch.float32
+    torch.testing.assert_close(fast.scores, exact.scores)  # the reported logits come from the exact forward
+    r = np.corrcoef(fast.raw.flatten().numpy(), exact.raw.flatten().numpy())[0, 1]
+    assert r > 0.98, r
+
+
+def test_bfloat16_gives_callable_targets_float32_outputs() -> None:
+    seen: list[torch.dtype] = []
+
+    def target(output: torch.Tensor) -> torch.Tensor:
+        seen.append(output.dtype)
+        return output[:, 0]
+
+    camlens.explain(
+        AutocastProbe(), torch.rand(1, 3, 8, 8), "occlusion", targets=target, window=4, stride=2, precision="bfloat16"
+    )
+    assert len(seen) > 1 and set(seen) == {torch.float32}
+
+
+def test_precision_is_checked() -> None:
+    for method in ("occlusion", "rise", "lime", "scorecam"):
+        with pytest.raises(ValueError, match="precision must be one of 'float32', 'bfloat16', 'float16'"):
+            camlens.explain(nets.GapNet(), torch.rand(1, 3, 8, 8), method, targets=0, precision="fp8")

@@ -322,14 +322,84 @@ def test_boxes_at_thresholds_equals_a_loop_per_threshold(seed):
                     np.testing.assert_array_equal(g, w)
 
 
-def test_boxes_at_thresholds_in_memory_chunks(monkeypatch):
-    # A budget of one slice forces one labelling call per threshold: same boxes.
-    cam = np.random.default_rng(5).standard_normal((20, 25))
-    want = boxes_at_thresholds(cam, GRID)
-    monkeypatch.setattr(loc, "_STACK_BUDGET", 20 * 25)
-    got = boxes_at_thresholds(cam, GRID)
-    for g, w in zip(got, want):
-        np.testing.assert_array_equal(g, w)
+def _label_stack(m, thresholds, crop):
+    """The sweep as camlens computed it before the run graph (one ``ndimage.label`` per cropped stack of
+    thresholds, 8-connected inside a slice only): the oracle of :func:`loc._sweep`, boxes AND their order."""
+    from scipy import ndimage
+
+    y0, y1, x0, x1 = crop
+    slice_eight = np.zeros((3, 3, 3), dtype=bool)
+    slice_eight[1] = True
+    stack = m[None, y0:y1, x0:x1] > thresholds[:, None, None]
+    labels, count = ndimage.label(stack, structure=slice_eight)
+    if count == 0:
+        return np.zeros((0, 5), dtype=np.int64), np.zeros(0, dtype=np.int64)
+    found = np.array(
+        [(s[0].start, s[2].start, s[1].start, s[2].stop, s[1].stop) for s in ndimage.find_objects(labels, count)],
+        dtype=np.int64,
+    )
+    found[:, [1, 3]] += x0
+    found[:, [2, 4]] += y0
+    return found, np.bincount(labels[stack], minlength=count + 1)[1:]
+
+
+def labelled_sweep(m, thresholds, budget=2**20):
+    order = np.argsort(thresholds, kind="stable")
+    ts = thresholds[order]
+    rows = m.max(axis=1)[None, :] > ts[:, None]
+    cols = m.max(axis=0)[None, :] > ts[:, None]
+    height, width = m.shape
+    y0, y1 = rows.argmax(axis=1), height - rows[:, ::-1].argmax(axis=1)
+    x0, x1 = cols.argmax(axis=1), width - cols[:, ::-1].argmax(axis=1)
+    area = np.where(rows.any(axis=1), (y1 - y0) * (x1 - x0), 0)
+    found, sizes = [np.zeros((0, 5), dtype=np.int64)], [np.zeros(0, dtype=np.int64)]
+    i = 0
+    while i < len(ts) and area[i] > 0:
+        j = i + 1
+        while j < len(ts) and 2 * area[j] > area[i] and j - i < max(1, budget // int(area[i])):
+            j += 1
+        f, s = _label_stack(m, ts[i:j], (int(y0[i]), int(y1[i]), int(x0[i]), int(x1[i])))
+        f[:, 0] = order[f[:, 0] + i]
+        found.append(f)
+        sizes.append(s)
+        i = j
+    rows_all, size = np.concatenate(found), np.concatenate(sizes)
+    ranked = np.lexsort((-size, rows_all[:, 0]))
+    return rows_all[ranked, 1:].astype(np.float64), np.bincount(rows_all[:, 0], minlength=len(thresholds))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_sweep_equals_the_labelling_per_threshold_stack(seed):
+    # identical boxes in identical order (largest first, ties in raster order) on noise (many one-pixel
+    # ties), few-valued maps (plateaus exactly at thresholds), smooth blobs and upsampled CAMs, for the
+    # default grid and unsorted thresholds with duplicates
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    for _ in range(10):
+        maps = [
+            rng.standard_normal((23, 31)),
+            rng.integers(0, 3, (9, 11)).astype(float),
+            ndimage.gaussian_filter(rng.standard_normal((48, 40)), 3),
+            resize_map(np.maximum(rng.standard_normal((7, 7)), 0), (75, 100)),
+        ]
+        for cam in maps:
+            m = loc._minmax(cam)
+            for thresholds in (GRID, np.concatenate([rng.random(30), [0.0, 0.5, 0.5, 1.0]])):
+                got, got_count = loc._sweep(m, thresholds)
+                want, want_count = labelled_sweep(m, thresholds, budget=int(rng.integers(1, 5000)))
+                np.testing.assert_array_equal(got, want)
+                np.testing.assert_array_equal(got_count, want_count)
+
+
+def test_sweep_of_an_empty_mask_and_a_nan():
+    m = np.zeros((4, 5))
+    boxes, count = loc._sweep(m, GRID)
+    assert boxes.shape == (0, 4) and count.sum() == 0
+    m[1, 2], m[2, 3], m[0, 0] = 1.0, np.nan, 0.5  # NaN is above no threshold: (2, 1) and (0, 0) alone
+    boxes, count = loc._sweep(m, np.array([0.4, 0.9]))
+    np.testing.assert_array_equal(boxes, [[0, 0, 1, 1], [2, 1, 3, 2], [2, 1, 3, 2]])
+    np.testing.assert_array_equal(count, [2, 1])
 
 
 # ---------------------------------------------------------------- LocalizationMeter
@@ -483,6 +553,25 @@ def test_meter_update_with_tensors_and_merge():
         batch.merge(LocalizationMeter(iou_thresholds=(0.5,)))
 
 
+def test_meter_state_through_json_and_merged_halves_equal_the_whole():
+    import json
+
+    images = four_images()
+    whole, halves = LocalizationMeter(), [LocalizationMeter(), LocalizationMeter()]
+    for i, im in enumerate(images):
+        mask = im["cam"] > 0  # some foreground, so PxAP's histograms travel too
+        whole.add(im["cam"], im["gt"], im["label"], im["top5"], mask=mask, key=f"k{i}")
+        halves[i // 2].add(im["cam"], im["gt"], im["label"], im["top5"], mask=mask, key=f"k{i}")
+    merged = LocalizationMeter()
+    for half in halves:
+        merged.merge(LocalizationMeter().load_state_dict(json.loads(json.dumps(half.state_dict()))))
+    check_expected({k: v for k, v in merged.compute().items() if k not in ("pxap", "n_masks")})
+    assert merged.compute() == whole.compute()
+    assert merged.per_image == whole.per_image and merged.n_masks == 4
+    with pytest.raises(ValueError, match="other cam"):
+        LocalizationMeter(cam_thresholds=[0.1, 0.5]).load_state_dict(whole.state_dict())
+
+
 def test_meter_topk_names_and_errors():
     meter = LocalizationMeter(topk=2)
     im = four_images()[1]  # label 0 is the second prediction
@@ -598,3 +687,25 @@ def test_meter_cam_paper_box_is_a_fraction_of_the_max_not_of_the_range():
     # Choe et al.'s sweep min-max normalises: at tau = 0.2 only the object's columns remain
     assert tuple(boxes_from_map(loc._minmax(cam), 0.2)[0]) == (2, 0, 5, 4)
     assert meter.curves()["boxacc"][20] == 0.0  # IoU 12/32 < 0.5 at tau = 0.2 of the range
+
+
+def test_demo_table_is_identical_with_the_labelling_per_threshold(tmp_path, monkeypatch):
+    # the whole evaluate table (every digit) and per-image records on the built-in photos with the real model
+    pytest.importorskip("skimage")
+    from camlens import zoo
+    from camlens.evaluate import demo_dataset, evaluate
+
+    csv = demo_dataset(tmp_path)
+    bundle = zoo.load_model()
+
+    def table():
+        result = evaluate(bundle, csv, "cam,gradcam", batch_size=4, workers=0, progress=False, examples=0)
+        return {m: {k: v for k, v in row.items() if k != "seconds_per_image"} for m, row in result.rows.items()}, (
+            result.per_image
+        )
+
+    fast = table()
+    calls = []
+    monkeypatch.setattr(loc, "_sweep", lambda m, t: calls.append(m.shape) or labelled_sweep(m, t))
+    assert table() == fast
+    assert sorted(calls) == sorted([(300, 451), (400, 600), (427, 640), (500, 741)] * 2)  # 4 photos x 2 methods

@@ -152,3 +152,30 @@ def test_class_ids_is_the_one_validator() -> None:
         class_ids([-1], 1)
     with pytest.raises(TypeError, match="not a bool"):
         class_ids(True, 1)
+
+
+def test_observer_sees_every_chunk_and_a_cancel_stops_between_chunks() -> None:
+    from camlens._perturb import Cancelled, observe
+
+    seen: list[tuple[int, int, str]] = []
+    with observe(lambda done, total, desc: seen.append((done, total, desc))):
+        _run(RowScorer(torch.tensor([[0], [1]]), "logit"), batch_size=2)
+    # 5 rows in chunks of 2: before the first chunk, then after rows 2, 4 and 5
+    assert seen == [(0, 5, "test"), (2, 5, "test"), (4, 5, "test"), (5, 5, "test")]
+    _run(RowScorer(torch.tensor([[0], [1]]), "logit"))  # outside the block nothing is called
+    assert len(seen) == 4
+
+    calls: list[int] = []
+
+    class Counting(Sum3):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            calls.append(len(x))
+            return super().forward(x)
+
+    def stop_after_first_chunk(done: int, total: int, desc: str) -> None:
+        if done >= 2:
+            raise Cancelled
+
+    with observe(stop_after_first_chunk), pytest.raises(Cancelled):
+        _run(RowScorer(torch.tensor([[0], [1]]), "logit"), batch_size=2, model=Counting())
+    assert calls == [2]  # one chunk ran, the other two never did

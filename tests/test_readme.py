@@ -32,6 +32,8 @@ import pytest
 # Flags appended to a command that starts with the key (the longest key that matches): they only shrink the work.
 SHRINK: dict[str, list[str]] = {
     "camlens bench wsol": ["--train", "200", "--test", "50", "--epochs", "1", "--seeds", "0"],  # 8000/1000/6/0,1,2
+    "camlens bench vqa": ["--train", "30", "--test", "8", "--epochs", "1", "--seeds", "0"],  # 4000/1000/6/0,1,2
+    "camlens bench caption": ["--train", "40", "--test", "10", "--epochs", "1", "--seeds", "0"],  # 6000/1000/6/0,1,2
     "camlens gapify": ["--epochs", "1", "--channels", "64"],  # the paper's 1024 units
     "camlens evaluate --demo": ["--limit", "2"],  # 4 photos
     "camlens evaluate meta/": ["--limit", "1", "--steps", "5"],  # 2 images; curves of 20 steps; ROAD: 36 solves/image
@@ -50,6 +52,7 @@ NOT_RUN = {
     ".venv/bin/pip install": "the set-up's install: CI runs exactly it, in .ci/run",
     ".venv/bin/python -m pytest": "the test command: CI runs exactly it, in .ci/run (and it runs this file)",
     ".venv/bin/mkdocs build": "the site build: CI runs it (--strict), in .ci/run, after the docs extra's install",
+    "camlens app": "serves until stopped; tests/test_app.py starts it (and drives its page in headless Chromium)",
 }
 
 # The files the examples name, made in the temporary working folder by _make_fixtures.

@@ -166,3 +166,21 @@ def test_plot_curves_size_and_colours(tmp_path: Path) -> None:
     assert _rgb(viz.plot_curves({"m": {"road_morf": line}}, tmp_path / "one.png")).shape == (374, 462, 3)
     with pytest.raises(ValueError, match="no curve"):
         viz.plot_curves({"m": {}}, tmp_path / "none.png")
+
+
+def test_signed_map_is_centred_on_zero_and_keeps_the_layer_cells() -> None:
+    from camlens.viz import colorize, signed_map
+
+    picture = np.asarray(signed_map(np.array([[-2.0, 0.0], [1.0, 2.0]]), cell=32))
+    assert picture.shape == (64, 64, 3)  # 2x2 cells of 32 pixels
+    # value / (2 max|v|) + 0.5: -2 -> 0 (deepest blue), 0 -> 0.5 (white), 1 -> 0.75, 2 -> the top colour
+    expected = colorize(np.array([[0.0, 0.5], [0.75, 255 / 256]]), "RdBu_r")
+    for row in range(2):
+        for col in range(2):
+            assert np.array_equal(picture[row * 32 + 5, col * 32 + 7], expected[row, col])
+            assert np.array_equal(picture[row * 32 + 31, col * 32], expected[row, col])  # one colour per cell
+    # an all-zero map is all white (0.5), not a division by zero
+    flat = np.asarray(signed_map(np.zeros((3, 3))))
+    assert (flat == colorize(np.array([[0.5]]), "RdBu_r")[0, 0]).all()
+    # a large map keeps one pixel per value at most 512 a side: 600 x 600 stays 600 x 600
+    assert signed_map(np.ones((600, 600))).size == (600, 600)

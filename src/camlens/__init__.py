@@ -3,7 +3,9 @@
 Class activation maps (CAM, Grad-CAM and its family, Score-CAM, Ablation-CAM, Eigen-CAM),
 backpropagation-based maps (saliency, guided backprop, Integrated Gradients, SmoothGrad, LRP) and
 perturbation-based ones (LIME, occlusion, RISE), for CNNs and vision transformers, as one pipeline with
-one result object, :class:`Explanation`.
+one result object, :class:`Explanation`. Any target concept: classes, a detection (:class:`BoxScore`), a
+segmentation region (:class:`RegionScore`), an embedding's similarity (:class:`Similarity`), or any callable
+on the model's output; models with several inputs take a tuple or dict (``image=`` names the image batch).
 
 Examples:
     >>> import camlens
@@ -42,13 +44,16 @@ from camlens.methods import (
     XGradCAM,
 )
 from camlens.registry import get_method, methods
+from camlens.tasks import BoxScore, ClassDetections, RegionScore, Similarity
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CAM",
     "AblationCAM",
+    "BoxScore",
     "CAMMethod",
+    "ClassDetections",
     "Deconvnet",
     "EigenCAM",
     "Explanation",
@@ -68,9 +73,11 @@ __all__ = [
     "LIME",
     "Occlusion",
     "RISE",
+    "RegionScore",
     "Saliency",
     "ScoreCAM",
     "SmoothGrad",
+    "Similarity",
     "SmoothGradGuided",
     "XGradCAM",
     "explain",

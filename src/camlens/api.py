@@ -19,20 +19,28 @@ __all__ = ["explain"]
 
 def explain(
     model: nn.Module,
-    inputs: torch.Tensor,
+    inputs: torch.Tensor | tuple[Any, ...] | list[Any] | dict[str, Any],
     method: str = "gradcam",
     layer: str | nn.Module | LayerRef | None = None,
     targets: Targets = None,
+    *,
+    image: int | str | None = None,
     **options: Any,
 ) -> Explanation:
     """Explain ``targets`` of ``model`` on ``inputs`` with a registered method.
 
+    Several inputs: ``camlens.explain(vqa, (images, questions), targets=lambda out: out[:, 0])``.
+
     Args:
         model: a CNN (any ``nn.Module`` with a 4-D intermediate output).
-        inputs: (B, C, H, W) preprocessed batch, on the model's device.
+        inputs: (B, C, H, W) preprocessed batch, on the model's device; or, for a model with several
+            inputs, a tuple (positional) or dict (keyword) of them whose image batch ``image`` names.
         method: a name from :func:`camlens.methods`.
         layer: module name, module, or ``None`` for the last spatial layer.
-        targets: ``None`` (top-1), an int, one int per sample, (B, K) ids, ``"topK"`` or a callable.
+        targets: ``None`` (top-1), an int, one int per sample, (B, K) ids, ``"topK"`` or a callable
+            ``output -> (B,)`` or ``(B, K)`` on whatever the model returns (ready-made: :mod:`camlens.tasks`).
+        image: the index (tuple) or key (dict) of the image batch among several inputs; default the first.
+            The other inputs pass to the model unchanged and are never differentiated.
         **options: method options (``counterfactual=True``, ``score="logit"``, ``batch_size=...``).
 
     Examples:
@@ -42,7 +50,7 @@ def explain(
     """
     cls = get_method(method)
     check_options(cls, options)
-    return cls(model, layer, **options)(inputs, targets)
+    return cls(model, layer, **options)(inputs, targets, image=image)
 
 
 def check_options(cls: type[CAMMethod], options: dict[str, Any]) -> list[str]:

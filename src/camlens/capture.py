@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from camlens._inputs import sample_rows
 from camlens._state import model_lock
 
 __all__ = [
@@ -46,6 +47,7 @@ __all__ = [
     "find_layer",
     "grid_of",
     "layer_names",
+    "layer_table",
     "read_layout",
     "resolve_layer",
     "token_grid",
@@ -457,6 +459,36 @@ def _submodule(model: nn.Module, name: str) -> nn.Module | None:
         return None
 
 
+@dataclass(frozen=True)
+class LayerRow:
+    """One layer a user can pick (a row of ``camlens layers``): its name as ``layer=`` takes it, the
+    (C, h, w) grid it gives, its layout kind, its raw output shape, and whether it is the default."""
+
+    name: str
+    grid: tuple[int, ...]
+    kind: str
+    shape: tuple[int, ...]
+    default: bool
+
+
+def layer_table(model: nn.Module, x: torch.Tensor) -> list[LayerRow]:
+    """Every call whose output reads as a grid, in the order calls return, the default marked.
+
+    The one listing behind ``camlens layers`` and the app's layer menu: one traced forward (:func:`trace_calls`)
+    and the automatic choice (:func:`find_layer`).
+    """
+    default = str(find_layer(model, x))
+    rows = []
+    for c in trace_calls(model, x):
+        found = grid_of(model, c, x.shape[-2:])
+        if found is None or c.shape is None:
+            continue
+        layout, grid = found
+        name = str(c.layer)
+        rows.append(LayerRow(name, tuple(grid[1:]), layout.kind, tuple(c.shape[1:]), name == default))
+    return rows
+
+
 def count_calls(model: nn.Module, x: torch.Tensor, module: nn.Module) -> int:
     """How many times ``module`` runs in one forward pass of ``x``."""
     return next((c.calls for c in trace_calls(model, x) if c.module is module), 0)
@@ -495,7 +527,8 @@ def _find_layer(model: nn.Module, x: torch.Tensor) -> LayerRef:
     known = _CHOSEN.get(model, {}).get(key)
     if known is not None and _submodule(model, known.name) is known.module:
         return known
-    calls = trace_calls(model, x[:1])
+    with sample_rows(torch.zeros(1, dtype=torch.long)):  # the probe runs sample 0 (and its other inputs)
+        calls = trace_calls(model, x[:1])
     stated = token_grid(model, x.shape[-2:])
     if stated is not None:
         chosen_ref = _last_block_norm(model, calls, stated[0] + stated[1][0] * stated[1][1])
@@ -507,7 +540,13 @@ def _find_layer(model: nn.Module, x: torch.Tensor) -> LayerRef:
         kind = type(c.module).__name__
         skip = "pool" in kind.lower() or kind == "Permute"
         pooling.append(skip or (c.same_as is not None and pooling[c.same_as]))
-    spatial = [(c, pool) for c, pool in zip(calls, pooling) if c.shape is not None and len(c.shape) == 4]
+    # one row per image: region features (Faster R-CNN's RoI pooling, (proposals, C, 7, 7)) are no image map
+    spatial = [
+        (c, pool) for c, pool in zip(calls, pooling) if c.shape is not None and len(c.shape) == 4 and c.shape[0] == 1
+    ]
+    backbone = _backbone(model, calls)
+    if backbone is not None:
+        spatial = [(c, pool) for c, pool in spatial if c.name.startswith(backbone + ".")]
     # VGG's AdaptiveAvgPool2d((7, 7)) is spatial but only resamples
     chosen = [c for c, pool in spatial if not pool and c.shape is not None and c.shape[2] * c.shape[3] > 1]
     if not chosen:
@@ -520,6 +559,25 @@ def _find_layer(model: nn.Module, x: torch.Tensor) -> LayerRef:
     chosen_ref = chosen[-1].layer
     _CHOSEN.setdefault(model, {})[key] = chosen_ref
     return chosen_ref
+
+
+def _backbone(model: nn.Module, calls: list[CallRecord]) -> str | None:
+    """torchvision's detectors and segmenters: the part of ``backbone`` that every output depends on.
+
+    Their heads run once per pyramid level or per region, so the last spatial call of the whole model is a
+    head's output on the coarsest level; the features the heads share are the backbone's: ``backbone.body``
+    (C5 under an FPN: every pyramid level is computed from it), ``backbone.features`` (SSD: its extra
+    layers shrink to 1x1), else ``backbone`` (a segmenter's ``layer4``). Only when ``backbone`` returns no
+    tensor (a dict or list of levels), the torchvision convention.
+    """
+    for call in calls:
+        if call.name == "backbone":
+            if call.shape is not None:
+                return None
+            for name in ("backbone.body", "backbone.features", "backbone"):
+                if _submodule(model, name) is not None:
+                    return name
+    return None
 
 
 def _last_block_norm(model: nn.Module, calls: list[CallRecord], count: int) -> LayerRef:

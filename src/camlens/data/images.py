@@ -10,6 +10,7 @@ returns the :class:`~camlens.geometry.Geometry` that maps maps and boxes back on
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,13 @@ MAX_PIXELS = 89_478_485
 """Default pixel budget of :func:`load_image` (PIL's own decompression-bomb limit): about 9459 x 9459."""
 
 
-def load_image(path: str | Path, *, max_pixels: int | None = MAX_PIXELS, upright: bool = True) -> Any:
+def load_image(
+    path: str | Path,
+    *,
+    max_pixels: int | None = MAX_PIXELS,
+    upright: bool = True,
+    formats: Sequence[str] | None = None,
+) -> Any:
     """An RGB PIL image from a file, whatever its mode; the one image loader of camlens.
 
     Grayscale, RGBA (composited on white), palette and 16-bit images become 8-bit RGB. The pixel
@@ -51,6 +58,9 @@ def load_image(path: str | Path, *, max_pixels: int | None = MAX_PIXELS, upright
             89.5 megapixels).
         upright: apply the EXIF orientation (photos as a person sees them). Data sets pass ``False``:
             their annotations refer to the stored pixel grid.
+        formats: PIL format names to accept (``("PNG", "JPEG")``); ``None`` accepts every format PIL reads.
+            Only these decoders are tried, so a file of another format is refused before any decoder of
+            it runs (the app takes uploads from a browser this way).
 
     Raises:
         ValueError: the file is missing, not an image, truncated, or over the pixel budget; the
@@ -70,7 +80,7 @@ def load_image(path: str | Path, *, max_pixels: int | None = MAX_PIXELS, upright
         with warnings.catch_warnings():
             # our own budget replaces PIL's global one (which we never change): no bomb warning noise
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            opened = Image.open(path)
+            opened = Image.open(path, formats=None if formats is None else list(formats))
             try:
                 width, height = opened.size
                 if max_pixels is not None and width * height > max_pixels:
@@ -101,6 +111,8 @@ def load_image(path: str | Path, *, max_pixels: int | None = MAX_PIXELS, upright
             limit = "PIL's decompression-bomb limit"
         raise ValueError(f"{path}: {count} is over {limit}") from err
     except UnidentifiedImageError as err:
+        if formats is not None:
+            raise ValueError(f"{path}: not an image of an accepted format ({', '.join(formats)})") from err
         raise ValueError(f"{path}: not an image file PIL can read") from err
     except (OSError, SyntaxError, EOFError) as err:
         raise ValueError(f"{path}: unreadable or truncated image ({err})") from err

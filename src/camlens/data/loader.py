@@ -55,17 +55,41 @@ class Skipped:
 
 
 class Batch(tuple[torch.Tensor, torch.Tensor]):
-    """What :func:`collate` returns: the pair ``(images, indices)``, plus the images it left out in ``skipped``."""
+    """What :func:`collate` returns: the pair ``(images, indices)``, plus the images it left out in ``skipped``
+    and, in ``sizes``, each kept image's stored (W, H) (None where unknown), read where it was decoded: a
+    DataLoader worker, so the main process need not open the file again."""
 
     skipped: list[Skipped]
+    sizes: list[tuple[int, int] | None]
 
-    def __new__(cls, images: torch.Tensor, indices: torch.Tensor, skipped: Sequence[Skipped] = ()) -> Batch:
+    def __new__(
+        cls,
+        images: torch.Tensor,
+        indices: torch.Tensor,
+        skipped: Sequence[Skipped] = (),
+        sizes: Sequence[tuple[int, int] | None] = (),
+    ) -> Batch:
         batch = super().__new__(cls, (images, indices))
         batch.skipped = list(skipped)
+        batch.sizes = list(sizes) or [None] * len(indices)
         return batch
 
     def __reduce__(self) -> tuple[Any, ...]:  # DataLoader workers send batches to the main process by pickle
-        return (Batch, (self[0], self[1], self.skipped))
+        return (Batch, (self[0], self[1], self.skipped, self.sizes))
+
+
+class _Item(tuple[torch.Tensor, int]):
+    """``(image, index)`` as :class:`ImageDataset` gives it, with the image's stored (W, H) in ``size``."""
+
+    size: tuple[int, int]
+
+    def __new__(cls, image: torch.Tensor, index: int, size: tuple[int, int]) -> _Item:
+        item = super().__new__(cls, (image, index))
+        item.size = size
+        return item
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_Item, (self[0], self[1], self.size))
 
 
 class ImageDataset(Dataset[Union[tuple[torch.Tensor, int], Skipped]]):
@@ -132,7 +156,7 @@ class ImageDataset(Dataset[Union[tuple[torch.Tensor, int], Skipped]]):
             return Skipped(int(index), str(sample.path), err.problem)
         self._sizes[index] = image.size
         x, _ = preprocess_with_geometry(image, self.size, self.mean, self.std)
-        return x[0], index
+        return _Item(x[0], index, image.size)
 
     @staticmethod
     def _check(sample: Sample, size: tuple[int, int]) -> None:
@@ -198,7 +222,7 @@ def collate(batch: Sequence[tuple[torch.Tensor, int] | Skipped]) -> Batch:
         return Batch(torch.zeros(0), torch.zeros(0, dtype=torch.long), skipped)
     images = torch.stack([item[0] for item in kept])
     indices = torch.tensor([int(item[1]) for item in kept], dtype=torch.long)
-    return Batch(images, indices, skipped)
+    return Batch(images, indices, skipped, [getattr(item, "size", None) for item in kept])
 
 
 def load_masks(sample: Sample) -> tuple[np.ndarray, np.ndarray]:

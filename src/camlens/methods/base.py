@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from camlens._inputs import bound, sample_rows, split_inputs
 from camlens._state import _ModelState, preserved
 from camlens.capture import LayerRef, Layout, Reshape, capture, check_calls, count_calls, find_layer, resolve_layer
 from camlens.explanation import Explanation
@@ -67,8 +68,8 @@ class Attribution:
 def _check_inputs(model: nn.Module, inputs: Any) -> torch.Tensor:
     if not isinstance(inputs, torch.Tensor):
         raise TypeError(
-            f"inputs must be a tensor of shape (B, C, H, W), got {type(inputs).__name__}; "
-            "preprocess images into a tensor first"
+            f"inputs must be a tensor of shape (B, C, H, W), or a tuple / dict of the model's inputs whose image "
+            f"batch image= names, got {type(inputs).__name__}; preprocess images into a tensor first"
         )
     if inputs.dim() == 3:
         inputs = inputs[None]
@@ -83,6 +84,15 @@ def _check_inputs(model: nn.Module, inputs: Any) -> torch.Tensor:
             f"move them with inputs.to({str(param.device)!r})"
         )
     return inputs
+
+
+def _check_rows(activation: torch.Tensor | None, x: torch.Tensor, ref: LayerRef) -> None:
+    """One map per image: a layer with another number of rows (a detector's per-region features) is refused."""
+    if activation is not None and activation.shape[0] != x.shape[0]:
+        raise ValueError(
+            f"layer {ref} returns {activation.shape[0]} rows for a batch of {x.shape[0]} images (features per "
+            "region or per crop?); pick a layer with one map per image, e.g. the backbone's"
+        )
 
 
 def _check_grad_mode(needs_gradients: bool, name: str) -> None:
@@ -208,20 +218,28 @@ class CAMMethod:
         if self._layer is None:
             self._layer = find_layer(self.model, inputs)
         elif self._layer.call is not None and self._layer.call < 0:
-            calls = count_calls(self.model, inputs[:1], self._layer.module)
+            with sample_rows(torch.zeros(1, dtype=torch.long)):
+                calls = count_calls(self.model, inputs[:1], self._layer.module)
             if -self._layer.call > calls:
                 raise ValueError(f"layer {self._layer} asks for call {self._layer.call} but it runs {calls} times")
             self._layer = LayerRef(self._layer.name, self._layer.module, calls + self._layer.call)
         return self._layer
 
-    def __call__(self, inputs: torch.Tensor, targets: Targets = None) -> Explanation:
-        """Explain ``targets`` for each sample of ``inputs`` (B, C, H, W). See :mod:`camlens.targets`."""
-        x = _check_inputs(self.model, inputs)
+    def __call__(self, inputs: Any, targets: Targets = None, *, image: int | str | None = None) -> Explanation:
+        """Explain ``targets`` for each sample of ``inputs``. See :mod:`camlens.targets`.
+
+        ``inputs`` is the image batch (B, C, H, W), or a tuple (positional) / dict (keyword) of the model's
+        inputs whose image batch ``image`` names (an index or key; default the first): the other inputs
+        pass to the model unchanged, row by row with the images (:mod:`camlens._inputs`), never
+        differentiated. The batch size is the image batch's.
+        """
+        image_batch, others = split_inputs(inputs, image)
+        x = _check_inputs(self.model, image_batch)
         _check_grad_mode(self.needs_gradients, self.name)
         if self.needs_class_ids and callable(targets) and not isinstance(targets, torch.Tensor):
             raise ValueError(f"{self.name} needs class ids as targets; for a callable target use method='gradcam'")
         # one call on a model at a time: hooks on a shared model see every thread's forwards
-        with preserved(self.model) as state:
+        with preserved(self.model) as state, bound(self.model, others):
             _warn_training(state)
             if self.explains_pixels:
                 found = self.pixels(x, targets)
@@ -251,15 +269,17 @@ class CAMMethod:
             with torch.inference_mode(), capture(self.model, ref, grad=False, size=size, reshape=self.reshape) as cap:
                 output = self.model(x)
                 check_calls(cap)
-                scores, ids = resolve_targets(targets, output)
+                _check_rows(cap.activation, x, ref)
+                scores, ids = resolve_targets(targets, output, batch=x.shape[0])
             assert cap.activation is not None  # check_calls guarantees the layer ran
             return Context(self.model, ref, x, cap.activation, output, scores, ids, targets, None, cap.layout)
         with capture(self.model, ref, grad=True, size=size, reshape=self.reshape) as cap:
             torch.set_grad_enabled(False)  # the hook turns autograd on at the layer
             output = self.model(x)
             check_calls(cap)
+            _check_rows(cap.activation, x, ref)
             torch.set_grad_enabled(True)
-            scores, ids = resolve_targets(targets, output)
+            scores, ids = resolve_targets(targets, output, batch=x.shape[0])
             assert cap.activation is not None and cap.leaf is not None
             # w.r.t. the leaf in the layer's own layout, then the grid's rearrangement: exact dS/dA
             grads = cap.layout.grads_to_grid(_batched_gradients(scores, cap.leaf))

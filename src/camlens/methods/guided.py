@@ -147,7 +147,7 @@ def input_gradients(
         else:
             with mode:
                 output = model(x)
-        scores, ids = resolve_targets(targets, output)
+        scores, ids = resolve_targets(targets, output, batch=x.shape[0])
         if not scores.requires_grad:
             raise ValueError("the target scores do not depend on the input")
         k = scores.shape[1]
@@ -184,7 +184,7 @@ class _InputGradient(CAMMethod):
         found: dict[str, Any] = {}
 
         def negated(output: Any) -> torch.Tensor:
-            scores, found["ids"] = resolve_targets(targets, output)
+            scores, found["ids"] = resolve_targets(targets, output, batch=x.shape[0])
             return -scores
 
         grads, scores, _, output = input_gradients(self.model, x, negated, self.rule)

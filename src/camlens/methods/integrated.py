@@ -27,7 +27,8 @@ import torch
 from torch import nn
 
 from camlens import _perturb
-from camlens._perturb import Baseline, check_baseline
+from camlens._inputs import sample_rows
+from camlens._perturb import Baseline, check_baseline, report_progress
 from camlens.methods.base import Attribution, CAMMethod
 from camlens.methods.guided import input_gradients
 from camlens.registry import register
@@ -123,7 +124,7 @@ def _weighted_gradients(
 
     with torch.no_grad():
         output = model(x)
-        scores, ids = resolve_targets(targets, output)
+        scores, ids = resolve_targets(targets, output, batch=x.shape[0])
     k = int(scores.shape[1])
     scorer = RowScorer(ids if ids is not None else targets, "logit", k=k)  # type: ignore[arg-type]
     batch = int(x.shape[0])
@@ -132,6 +133,7 @@ def _weighted_gradients(
     acc = torch.zeros((batch, k, *x.shape[1:]), dtype=x.dtype, device=x.device)
     disable = total < 256 if progress is None else not progress
     with tqdm(total=total, desc=desc, unit="row", disable=disable, leave=False) as bar:
+        report_progress(0, total, desc)
         for start in range(0, total, batch_size):
             r = torch.arange(start, min(start + batch_size, total), device=x.device)
             s, b = r // batch, r % batch
@@ -141,11 +143,13 @@ def _weighted_gradients(
             def row_scores(out: Any, owners: torch.Tensor = b) -> torch.Tensor:
                 return scorer(out, owners)
 
-            grads = input_gradients(model, rows, row_scores, rule)[0]
+            with sample_rows(b):  # a model's other inputs follow each path point's image
+                grads = input_gradients(model, rows, row_scores, rule)[0]
             if square:
                 grads = grads * grads
             acc.index_add_(0, b, grads * weights[s].view(-1, 1, 1, 1, 1))
             bar.update(len(r))
+            report_progress(start + len(r), total, desc)
     return Attribution(acc, scores.detach(), ids, output)
 
 

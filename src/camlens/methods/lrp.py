@@ -718,7 +718,7 @@ def lrp_relevance(
     with torch.enable_grad():
         with _Interceptor(model, method, composite, stabilizer, x):
             output = model(x)
-        scores, ids = resolve_targets(targets, output)
+        scores, ids = resolve_targets(targets, output, batch=x.shape[0])
         if not scores.requires_grad:
             raise ValueError("the target scores do not depend on the input")
         k = scores.shape[1]

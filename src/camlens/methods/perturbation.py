@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from camlens._perturb import perturbed_scores
+from camlens._inputs import sample_rows
+from camlens._perturb import check_precision, fast_layout, perturbed_scores
 from camlens.capture import Reshape, capture
 from camlens.explanation import normalize_maps
 from camlens.methods.base import CAMMethod, Context
@@ -36,7 +37,9 @@ class ScoreCAM(CAMMethod):
     Defaults follow the paper: ``score="prob"`` (f_c is the softmax probability of class c), baseline
     subtraction on, ``channel_softmax=False``. pytorch-grad-cam uses ``score="logit",
     channel_softmax=True, align_corners=True`` (its mask upsampling); with a channel softmax the
-    baseline is irrelevant (a constant shift).
+    baseline is irrelevant (a constant shift). ``precision="bfloat16"`` runs the masked forwards under
+    autocast (:func:`camlens._perturb.perturbed_scores`): faster on CPUs with AMX and on GPUs, at ~1e-3
+    from the float32 scores.
 
     Cost: one forward per channel and image, minus channels whose map is constant (their mask is
     zero, so their masked input *is* the baseline, computed once); in batches of ``batch_size`` (16:
@@ -62,6 +65,7 @@ class ScoreCAM(CAMMethod):
         batch_size: int = 16,
         channels_last: bool = True,
         progress: bool | None = None,
+        precision: str = "float32",
         reshape: Reshape | None = None,
     ) -> None:
         super().__init__(model, layer, reshape=reshape)
@@ -70,11 +74,10 @@ class ScoreCAM(CAMMethod):
         self.score, self.channel_softmax, self.baseline = score, channel_softmax, baseline
         self.align_corners = align_corners
         self.batch_size, self.channels_last, self.progress = batch_size, channels_last, progress
+        self.precision = check_precision(precision)
 
     def _layout(self, x: torch.Tensor) -> torch.Tensor:
-        # Convolutions on CPU run 1.5-2x faster on channels-last inputs (measured in
-        # docs/benchmarks.md); results equal the contiguous layout's to float rounding.
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
+        return fast_layout(x) if self.channels_last else x
 
     def weights(self, ctx: Context) -> torch.Tensor:
         x, a = ctx.inputs, ctx.activation
@@ -92,7 +95,14 @@ class ScoreCAM(CAMMethod):
             return self.model(self._layout(x[sel[:, 0]] * normalize_maps(masks)))
 
         masked = perturbed_scores(
-            masked_input, pairs[:, 0], scorer, self.batch_size, desc="Score-CAM", progress=self.progress
+            masked_input,
+            pairs[:, 0],
+            scorer,
+            self.batch_size,
+            desc="Score-CAM",
+            progress=self.progress,
+            precision=self.precision,
+            device=x.device,
         )
         # the baseline, the all-zero input, of every sample in one forward
         base = perturbed_scores(
@@ -102,6 +112,8 @@ class ScoreCAM(CAMMethod):
             b,
             desc="Score-CAM baseline",
             progress=False,
+            precision=self.precision,
+            device=x.device,
         )  # (B, K)
         k = base.shape[1]
         scores = base[:, :, None].expand(b, k, c).clone()
@@ -163,7 +175,7 @@ class AblationCAM(CAMMethod):
                 outs = []
                 for sample in sel[:, 0].unique_consecutive():
                     own = sel[sel[:, 0] == sample]
-                    with self._replay(ctx, lambda _, r=own: ablated(r)):
+                    with self._replay(ctx, lambda _, r=own: ablated(r)), sample_rows(sample[None]):
                         outs.append(self.model(x[int(sample) : int(sample) + 1]))
                 return torch.cat(outs)
             with self._replay(ctx, lambda grid: _zero_channels(grid, sel[:, 1])):
@@ -200,7 +212,7 @@ class AblationCAM(CAMMethod):
         a0 = ctx.activation[:1]
         twice = a0.expand(2, *a0.shape[1:]).clone()
         try:
-            with torch.inference_mode(), self._replay(ctx, lambda _: twice):
+            with torch.inference_mode(), self._replay(ctx, lambda _: twice), sample_rows(torch.zeros(1).long()):
                 out = self.model(ctx.inputs[:1])
         except RuntimeError:
             return False

@@ -16,7 +16,8 @@ methods' view max_c |pixels|. ``maps`` = min-max(ReLU(raw)) as for every method.
 
 All perturbed copies of all samples run through :func:`camlens._perturb.perturbed_scores` (batched forwards
 under ``torch.inference_mode()``, channels-last, 8 rows per forward by default: on a CPU the time per image
-grows past a few rows (docs/benchmarks.md); a progress bar for 256 rows or more) and are scored by
+grows past a few rows (docs/benchmarks.md); a progress bar for 256 rows or more; ``precision="bfloat16"``
+runs them under autocast, 2-3x faster on a CPU with AMX (docs/benchmarks.md)) and are scored by
 :class:`camlens.targets.RowScorer` (softmax probabilities by default, as LIME and RISE score; ``score="logit"``
 for logits). Random draws come from a ``torch.Generator`` seeded with ``seed`` for every sample, so a sample's
 map does not depend on the batch it is in.
@@ -33,7 +34,7 @@ import torch
 from torch import nn
 
 from camlens import _perturb
-from camlens._perturb import Baseline, check_baseline, perturbed_scores
+from camlens._perturb import Baseline, check_baseline, check_precision, fast_layout, perturbed_scores
 from camlens.methods.base import Attribution, CAMMethod
 from camlens.registry import register
 from camlens.targets import RowScorer, Targets, _check_score_kind, resolve_targets
@@ -76,16 +77,18 @@ class _InputPerturbation(CAMMethod):
         score: str = "probability",
         batch_size: int = 8,
         progress: bool | None = None,
+        precision: str = "float32",
     ) -> None:
         super().__init__(model, layer)
         self.score = _check_score_kind(score)
         self.batch_size = _positive_int("batch_size", batch_size)
         self.progress = progress
+        self.precision = check_precision(precision)
 
     def pixels(self, x: torch.Tensor, targets: Targets) -> Attribution:
         with torch.inference_mode():
             output = self.model(x)
-            scores, ids = resolve_targets(targets, output)
+            scores, ids = resolve_targets(targets, output, batch=x.shape[0])
         if ids is not None:
             scorer = RowScorer(ids, self.score)
         else:
@@ -104,10 +107,18 @@ class _InputPerturbation(CAMMethod):
         """Scores (N, K) of the N perturbed rows ``build(rows)``, row i a copy of sample ``owners[i]``."""
 
         def forward(rows: slice) -> Any:
-            # convolutions on a CPU run 1.5-2x faster channels-last (docs/benchmarks.md, Score-CAM)
-            return self.model(build(rows).contiguous(memory_format=torch.channels_last))
+            return self.model(fast_layout(build(rows)))
 
-        return perturbed_scores(forward, owners, scorer, self.batch_size, desc=self.name, progress=self.progress)
+        return perturbed_scores(
+            forward,
+            owners,
+            scorer,
+            self.batch_size,
+            desc=self.name,
+            progress=self.progress,
+            precision=self.precision,
+            device=owners.device,
+        )
 
 
 # ------------------------------------------------------------------------------------------------ occlusion
@@ -140,6 +151,8 @@ class Occlusion(_InputPerturbation):
         score: ``"probability"`` or ``"logit"``.
         batch_size: occluded copies per forward.
         progress: tqdm bar; ``None`` shows it for 256 copies or more.
+        precision: ``"float32"`` (exact) or ``"bfloat16"`` / ``"float16"``: the perturbed forwards under
+            autocast, 2-3x faster on CPUs with AMX (docs/benchmarks.md); maps at r >= 0.995.
 
     Cost: B * ceil((H - h) / sh + 1) * ceil((W - w) / sw + 1) forwards (49 at 224 x 224 with the defaults).
 
@@ -160,8 +173,9 @@ class Occlusion(_InputPerturbation):
         score: str = "probability",
         batch_size: int = 8,
         progress: bool | None = None,
+        precision: str = "float32",
     ) -> None:
-        super().__init__(model, layer, score=score, batch_size=batch_size, progress=progress)
+        super().__init__(model, layer, score=score, batch_size=batch_size, progress=progress, precision=precision)
         self.window, self.stride = _pair("window", window), _pair("stride", stride)
         check_baseline(baseline)
         self.baseline = baseline
@@ -228,6 +242,8 @@ class RISE(_InputPerturbation):
         score: ``"probability"`` or ``"logit"``.
         batch_size: masked copies per forward.
         progress: tqdm bar; ``None`` shows it for 256 copies or more.
+        precision: ``"float32"`` (exact) or ``"bfloat16"`` / ``"float16"``: the perturbed forwards under
+            autocast, 2-3x faster on CPUs with AMX (docs/benchmarks.md); maps at r >= 0.995.
 
     Cost: B * N forwards (4000 per image with the paper's defaults).
 
@@ -249,8 +265,9 @@ class RISE(_InputPerturbation):
         score: str = "probability",
         batch_size: int = 8,
         progress: bool | None = None,
+        precision: str = "float32",
     ) -> None:
-        super().__init__(model, layer, score=score, batch_size=batch_size, progress=progress)
+        super().__init__(model, layer, score=score, batch_size=batch_size, progress=progress, precision=precision)
         self.n_masks, self.cells = _positive_int("n_masks", n_masks), _positive_int("cells", cells)
         if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p <= 1:
             raise ValueError(f"p must be a probability in (0, 1], got {p!r}")
@@ -371,6 +388,8 @@ class LIME(_InputPerturbation):
         score: ``"probability"`` (LIME's classifier_fn returns probabilities) or ``"logit"``.
         batch_size: perturbed copies per forward.
         progress: tqdm bar; ``None`` shows it for 256 copies or more.
+        precision: ``"float32"`` (exact) or ``"bfloat16"`` / ``"float16"``: the perturbed forwards under
+            autocast, 2-3x faster on CPUs with AMX (docs/benchmarks.md); maps at r >= 0.995.
 
     Examples:
         >>> exp = camlens.explain(model, x, method="lime", n_samples=64, segmentation="slic")
@@ -393,8 +412,9 @@ class LIME(_InputPerturbation):
         score: str = "probability",
         batch_size: int = 8,
         progress: bool | None = None,
+        precision: str = "float32",
     ) -> None:
-        super().__init__(model, layer, score=score, batch_size=batch_size, progress=progress)
+        super().__init__(model, layer, score=score, batch_size=batch_size, progress=progress, precision=precision)
         self.n_samples = _positive_int("n_samples", n_samples)
         if isinstance(segmentation, str) and segmentation not in _SEGMENTATION_DEFAULTS:
             raise ValueError(

@@ -633,9 +633,11 @@ def _maxima(saliency: np.ndarray, ties: str) -> np.ndarray:
 
 def pointing_game(
     saliency: Any,
-    gt_boxes: Sequence[Any],
+    gt_boxes: Sequence[Any] | None = None,
     tolerance: float = 15,
     ties: str = "first",
+    *,
+    masks: Any = None,
 ) -> np.ndarray:
     """Pointing game hits (Zhang et al., "Top-down Neural Attention by Excitation Backprop", ECCV 2016, sec. 5.1).
 
@@ -651,6 +653,9 @@ def pointing_game(
     original pointing-game script grows VOC boxes by ``tolerance`` on every side (a square, distance in
     the max norm), which also counts the corners of that square.
 
+    Regions instead of boxes (``masks``): the cued object's pixels, e.g. a shape recovered from the image;
+    a hit when the maximum pixel is within ``tolerance`` of a pixel of the mask (``tolerance=0``: on it).
+
     Several maxima (``ties``): ``"first"`` (default) takes the first in raster order, like ``argmax`` in
     the reference code; ``"all"`` counts a hit only if every maximum hits (a constant map then misses
     unless the boxes cover everything); ``"any"`` if one does.
@@ -663,6 +668,8 @@ def pointing_game(
             y0 <= r + 0.5 < y1.
         tolerance: pixels, >= 0.
         ties: ``"first"``, ``"all"`` or ``"any"``.
+        masks: instead of ``gt_boxes``, B (H, W) boolean masks (a list or a (B, H, W) tensor/array) of the
+            maps' size, each with a pixel set.
 
     Returns:
         (B,) bool, True for a hit. Per-class accuracy and its mean: :func:`pointing_accuracy`.
@@ -677,10 +684,14 @@ def pointing_game(
     if isinstance(saliency, torch.Tensor):
         saliency = saliency.detach().cpu().numpy()
     maps = list(saliency) if isinstance(saliency, (list, tuple)) else list(np.asarray(saliency))
-    if len(maps) != len(gt_boxes):
-        raise ValueError(f"pointing_game got {len(maps)} maps but {len(gt_boxes)} box lists; give one list per map")
+    if (gt_boxes is None) == (masks is None):
+        raise ValueError("pointing_game needs either gt_boxes or masks (one of them)")
+    regions: Any = gt_boxes if masks is None else masks
+    kind = "box lists" if masks is None else "masks"
+    if len(maps) != len(regions):
+        raise ValueError(f"pointing_game got {len(maps)} maps but {len(regions)} {kind}; give one per map")
     hits = np.zeros(len(maps), dtype=bool)
-    for i, (raw, raw_boxes) in enumerate(zip(maps, gt_boxes)):
+    for i, (raw, region) in enumerate(zip(maps, regions)):
         m = raw.detach().cpu().numpy() if isinstance(raw, torch.Tensor) else np.asarray(raw)
         if m.ndim == 3 and m.shape[0] == 1:
             m = m[0]
@@ -688,6 +699,10 @@ def pointing_game(
             raise ValueError(f"map {i} must be (H, W), got shape {m.shape}")
         if not np.isfinite(m).all():
             raise ValueError(f"map {i} contains NaN or infinite values")
+        if masks is not None:
+            hits[i] = _mask_hit(m, region, i, tolerance, ties)
+            continue
+        raw_boxes = region
         boxes = np.asarray(raw_boxes.detach().cpu() if isinstance(raw_boxes, torch.Tensor) else raw_boxes, dtype=float)
         boxes = boxes.reshape(-1, 4) if boxes.size else boxes.reshape(0, 4)
         if boxes.shape[0] == 0:
@@ -708,6 +723,18 @@ def pointing_game(
             inside_hits.append(bool((valid & (np.hypot(dx, dy) <= tolerance)).any()))
         hits[i] = all(inside_hits) if ties == "all" else any(inside_hits)
     return hits
+
+
+def _mask_hit(m: np.ndarray, region: Any, i: int, tolerance: float, ties: str) -> bool:
+    """One pointing-game trial against a mask: each maximum within ``tolerance`` of a mask pixel."""
+    mask = np.asarray(region.detach().cpu() if isinstance(region, torch.Tensor) else region).astype(bool)
+    if mask.shape != m.shape:
+        raise ValueError(f"mask {i} has shape {mask.shape} but its map {m.shape}; give masks of the maps' size")
+    pixels = np.argwhere(mask)
+    if not len(pixels):
+        raise ValueError(f"mask {i} is empty; the pointing game skips pairs without annotation, so leave it out")
+    hit = [bool(np.hypot(*(pixels - point).T).min() <= tolerance) for point in _maxima(m, ties)]
+    return all(hit) if ties == "all" else any(hit)
 
 
 def pointing_accuracy(hits: Any, classes: Any = None) -> float:

@@ -11,7 +11,7 @@ Examples:
     >>> viz.draw_box(viz.overlay(photo, cam), box, "tabby cat").save("cat.png")
 """
 
-from camlens.viz.overlays import colorize, draw_box, grid, overlay, pixel_image
+from camlens.viz.overlays import colorize, draw_box, grid, overlay, pixel_image, signed_map
 from camlens.viz.plots import example_picture, plot_curves, plot_sanity
 
 __all__ = [
@@ -23,4 +23,5 @@ __all__ = [
     "pixel_image",
     "plot_curves",
     "plot_sanity",
+    "signed_map",
 ]

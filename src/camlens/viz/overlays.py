@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["colorize", "draw_box", "grid", "overlay", "pixel_image"]
+__all__ = ["colorize", "draw_box", "grid", "overlay", "pixel_image", "signed_map"]
 
 
 def _lut(cmap: str) -> np.ndarray:
@@ -111,3 +111,22 @@ def pixel_image(pixels: np.ndarray) -> Any:
     x = x - x.mean()
     x = x / (x.std() + 1e-12) * 0.1 + 0.5
     return Image.fromarray((np.clip(x, 0, 1).transpose(1, 2, 0) * 255 + 0.5).astype(np.uint8))
+
+
+def signed_map(raw: np.ndarray, cell: int = 32, cmap: str = "RdBu_r") -> Any:
+    """(h, w) signed raw map -> a PIL picture at its own resolution, each value a square of up to ``cell`` pixels.
+
+    A diverging colormap centred on 0 and scaled by max |raw| (red positive, blue negative, white 0), so
+    the sign and the relative magnitude that ReLU and min-max hide stay visible; nearest-neighbour cells
+    show the layer's true resolution instead of an interpolated picture.
+    """
+    from PIL import Image
+
+    values = np.asarray(raw, dtype=np.float64)
+    finite = values[np.isfinite(values)]
+    scale = float(np.abs(finite).max()) if finite.size else 0.0
+    levels = 0.5 + values / (2 * scale) if scale > 0 else np.full(values.shape, 0.5)
+    picture = Image.fromarray(colorize(np.clip(levels, 0.0, 255 / 256), cmap))
+    h, w = values.shape
+    factor = max(1, min(cell, 512 // max(h, w)))  # at most 512 pixels a side unless the map is larger
+    return picture.resize((w * factor, h * factor), Image.Resampling.NEAREST)
