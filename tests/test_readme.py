@@ -51,6 +51,7 @@ NOT_RUN = {
     "python3 -m venv": "the set-up's fresh virtual environment: CI runs exactly it, in .ci/run",
     ".venv/bin/pip install": "the set-up's install: CI runs exactly it, in .ci/run",
     ".venv/bin/python -m pytest": "the test command: CI runs exactly it, in .ci/run (and it runs this file)",
+    ".venv/bin/mkdocs build": "the site build: CI runs it (--strict), in .ci/run, after the docs extra's install",
     "camlens app": "serves until stopped; tests/test_app.py starts it (and drives its page in headless Chromium)",
 }
 

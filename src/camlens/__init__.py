@@ -7,7 +7,7 @@ one result object, :class:`Explanation`. Any target concept: classes, a detectio
 segmentation region (:class:`RegionScore`), an embedding's similarity (:class:`Similarity`), or any callable
 on the model's output; models with several inputs take a tuple or dict (``image=`` names the image batch).
 
-Example:
+Examples:
     >>> import camlens
     >>> exp = camlens.explain(model, x, method="gradcam", targets="top5")
     >>> exp.maps  # (B, 5, H, W) in [0, 1]

@@ -103,7 +103,7 @@ def observe(callback: Observer) -> Iterator[None]:
     its label (``"score-cam masks"``...); one explanation may run several loops. The callback may raise
     :class:`Cancelled` (or anything else) to stop the call; the model is restored by the method's ``finally``.
 
-    Example:
+    Examples:
         >>> with observe(lambda done, total, desc: print(desc, done, total)):
         ...     camlens.explain(model, x, "scorecam")
     """
@@ -157,7 +157,7 @@ def perturbed_scores(
         The chunks' scores concatenated in row order, in the scorer's dtype and device (an empty (0,)
         tensor for N = 0).
 
-    Example:
+    Examples:
         >>> scorer = RowScorer(ids, "probability")
         >>> perturbed_scores(lambda rows: model(masked[rows]), owners, scorer, 16, desc="masks")
     """
@@ -245,7 +245,7 @@ def baseline(
 
     ``name`` is the argument's name in error messages (``"substrate"`` for the faithfulness metrics).
 
-    Example:
+    Examples:
         >>> start = baseline(x, "blur")  # IG's path from the blurred image
         >>> hidden = baseline(x, "mean", segments=labels)  # LIME's switched-off superpixels
     """

@@ -29,6 +29,8 @@ def explain(
 ) -> Explanation:
     """Explain ``targets`` of ``model`` on ``inputs`` with a registered method.
 
+    Several inputs: ``camlens.explain(vqa, (images, questions), targets=lambda out: out[:, 0])``.
+
     Args:
         model: a CNN (any ``nn.Module`` with a 4-D intermediate output).
         inputs: (B, C, H, W) preprocessed batch, on the model's device; or, for a model with several
@@ -41,10 +43,10 @@ def explain(
             The other inputs pass to the model unchanged and are never differentiated.
         **options: method options (``counterfactual=True``, ``score="logit"``, ``batch_size=...``).
 
-    Example:
+    Examples:
         >>> exp = camlens.explain(model, x, method="gradcam++", targets="top3")
         >>> exp.maps.shape  # (B, 3, H, W)
-        >>> camlens.explain(vqa, (images, questions), targets=lambda out: out[:, 0])  # several inputs
+        torch.Size([1, 3, 64, 64])
     """
     cls = get_method(method)
     check_options(cls, options)

@@ -66,7 +66,15 @@ _CHOSEN: weakref.WeakKeyDictionary[nn.Module, dict[tuple[int, ...], LayerRef]] =
 
 @dataclass(frozen=True)
 class LayerRef:
-    """A module of the model and which of its calls in one forward pass (``None``: its only call)."""
+    """A module of the model and which of its calls in one forward pass (``None``: its only call).
+
+    ``str()`` gives the form ``layer=`` accepts: the name, and ``"name@i"`` for call i of a shared module.
+
+    Examples:
+        >>> ref = camlens.find_layer(model, x)
+        >>> str(ref), ref.call
+        ('layer4', None)
+    """
 
     name: str
     module: nn.Module = field(compare=False, repr=False)
@@ -77,7 +85,13 @@ class LayerRef:
 
 
 def layer_names(model: nn.Module) -> list[str]:
-    """Names of all submodules, as ``layer=`` accepts them."""
+    """Names of all submodules, as ``layer=`` accepts them (``model.named_modules()`` without the root).
+
+    Examples:
+        >>> names = camlens.layer_names(model)
+        >>> names[:3], "layer4.1.conv2" in names
+        (['conv1', 'bn1', 'relu'], True)
+    """
     return [name for name, _ in model.named_modules() if name]
 
 
@@ -162,7 +176,7 @@ def trace_calls(model: nn.Module, inputs: torch.Tensor) -> list[CallRecord]:
     when the forward raises. The model itself is not listed; a module registered under two names is
     listed under its ``named_modules()`` name. Sort by ``start`` for the order in which calls begin.
 
-    Example:
+    Examples:
         >>> [str(c.layer) for c in trace_calls(model, x) if c.shape and len(c.shape) == 4][-1]
         'layer4'
     """
@@ -498,6 +512,11 @@ def find_layer(model: nn.Module, x: torch.Tensor) -> LayerRef:
 
     Raises:
         ValueError: the model has no 4-D (B, C, h, w) intermediate output.
+
+    Examples:
+        >>> ref = camlens.find_layer(model, x)  # one probe forward on x, remembered per model
+        >>> ref.name  # ResNet: the block before global average pooling
+        'layer4'
     """
     with model_lock(model):  # a trace racing another thread's forward would cache a wrong call index
         return _find_layer(model, x)

@@ -11,10 +11,15 @@ __all__ = ["Explanation", "normalize_maps"]
 
 
 def normalize_maps(maps: torch.Tensor) -> torch.Tensor:
-    """Min-max normalise each map (over its last two dims) to [0, 1].
+    """Min-max normalise each map (over its last two dims) to [0, 1]: (m - min m) / (max m - min m).
 
     A map whose range is within a few float ulps of its magnitude (a constant map, or the rounding noise
     that bilinear upsampling leaves on one) becomes all zeros, never NaN and never amplified noise.
+
+    Examples:
+        >>> camlens.normalize_maps(torch.tensor([[1.0, 3.0], [5.0, 2.0]]))
+        tensor([[0.0000, 0.5000],
+                [1.0000, 0.2500]])
     """
     flat = maps.flatten(-2)
     low = flat.amin(-1, keepdim=True)
@@ -47,6 +52,15 @@ class Explanation:
             backprop, deconvnet, guided Grad-CAM, ...), ``None`` for class activation maps. Their ``raw`` is
             the displayable view: max_c |pixels| for gradient-like methods, the signed per-pixel map for
             methods with one value per pixel (LIME, occlusion, RISE).
+
+    ``maps`` is computed on first access: ReLU(raw), bilinearly upsampled to ``input_size``, min-max
+    normalised per map (:func:`normalize_maps`); boxes follow the CAM paper (Zhou et al. 2016, sec. 4.1):
+    the largest connected region above ``threshold`` x max, end-exclusive ``[x0, y0, x1, y1)``.
+
+    Examples:
+        >>> exp = camlens.explain(model, x, method="gradcam", targets="top3")
+        >>> exp.raw.shape, exp.maps.shape, exp.targets.shape
+        (torch.Size([1, 3, 2, 2]), torch.Size([1, 3, 64, 64]), torch.Size([1, 3]))
     """
 
     raw: torch.Tensor

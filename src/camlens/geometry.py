@@ -169,7 +169,7 @@ def boxes_from_map(cam: torch.Tensor | np.ndarray, threshold: float = 0.2, mode:
         array when the map's maximum is not positive (nothing to localise) or no pixel is above the
         threshold (``threshold=1``).
 
-    Example:
+    Examples:
         >>> cam = np.zeros((6, 8)); cam[1:3, 2:5] = 1.0
         >>> boxes_from_map(cam)
         array([[2., 1., 5., 3.]])
@@ -238,7 +238,7 @@ def resize_map(cam: torch.Tensor | np.ndarray, size: tuple[int, int]) -> np.ndar
     Returns:
         (..., H, W) float64 array.
 
-    Example:
+    Examples:
         >>> cam = resize_map(exp.maps[0, 0], size=(375, 500))
         >>> boxes_from_map(cam)  # boxes in the 500x375 image's pixels
     """
@@ -300,7 +300,7 @@ def box_iou(a: Any, b: Any) -> np.ndarray:
     Returns:
         (N, M) float64 array of IoUs in [0, 1].
 
-    Example:
+    Examples:
         >>> box_iou([[0, 0, 2, 2]], [[1, 0, 3, 2], [5, 5, 6, 6]])
         array([[0.33333333, 0.        ]])
     """

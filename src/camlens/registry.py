@@ -46,7 +46,13 @@ def unregister(name: str) -> None:
 
 
 def methods() -> list[str]:
-    """Names of the registered methods, in registration order."""
+    """Names of the registered methods, in registration order (the CLI's ``--method`` choices).
+
+    Examples:
+        >>> names = camlens.methods()
+        >>> "gradcam" in names and "lime" in names
+        True
+    """
     _load()
     return list(_REGISTRY)
 
@@ -57,6 +63,10 @@ def get_method(name: str) -> type[CAMMethod]:
     Raises:
         TypeError: ``name`` is not a string.
         ValueError: unknown name, with the closest registered names.
+
+    Examples:
+        >>> camlens.get_method("Grad_CAM") is camlens.GradCAM
+        True
     """
     if not isinstance(name, str):
         raise TypeError(f"method must be a name (str) such as 'gradcam', got {type(name).__name__}")

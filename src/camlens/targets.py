@@ -223,7 +223,7 @@ class RowScorer:
         kind: ``"logit"`` or ``"probability"``, for class ids.
         k: for a callable, the number of scores per row it must return (``None``: any).
 
-    Example:
+    Examples:
         >>> scorer = RowScorer(torch.tensor([[2], [0]]), "probability")
         >>> scorer(model(copies), owners=torch.tensor([0, 0, 1]))  # (3, 1): class 2, 2, 0
     """

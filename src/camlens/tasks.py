@@ -20,7 +20,7 @@ sample's box, mask or reference through :func:`camlens._inputs.row_owners`).
   reference image's, :meth:`Similarity.to_image`), as pytorch-grad-cam's embedding tutorial
   (``SimilarityToConceptTarget``: ``CosineSimilarity(dim=0)(output, features)`` per image).
 
-Example:
+Examples:
     >>> dets = camlens.tasks.detect(detector, x)  # one dict per image
     >>> target = BoxScore(dets[0]["boxes"][:3][None], dets[0]["labels"][:3][None])
     >>> camlens.explain(detector, x, layer="backbone.fpn.layer_blocks.2", targets=target).raw.shape
@@ -104,6 +104,12 @@ class BoxScore:
     Score per box: with j = argmax_i IoU(box, det_i), IoU_j + score_j if IoU_j > threshold and
     label_j == label, else 0 (pytorch-grad-cam's ``FasterRCNNBoxScoreTarget``). Both terms depend on the
     layer: the score through the classification head, the IoU through the box regression.
+
+    Examples:
+        >>> dets = [{"boxes": torch.tensor([[0.0, 0, 10, 10]]), "labels": torch.tensor([3]),
+        ...          "scores": torch.tensor([0.9])}]
+        >>> camlens.BoxScore([0, 0, 10, 10], 3)(dets)  # IoU 1 + score 0.9; a detector's output as it returns it
+        tensor([[1.9000]])
     """
 
     def __init__(self, boxes: Any, labels: Any, iou_threshold: float = 0.5, reduce: str = "none") -> None:
@@ -144,7 +150,14 @@ class BoxScore:
 
 
 class ClassDetections:
-    """Every detection of a class: the sum of their scores at or above ``min_score``, (B,) (or (B, K) for K labels)."""
+    """Every detection of a class: the sum of their scores at or above ``min_score``, (B,) (or (B, K) for K labels).
+
+    Examples:
+        >>> dets = [{"boxes": torch.zeros(2, 4), "labels": torch.tensor([3, 3]),
+        ...          "scores": torch.tensor([0.9, 0.5])}]
+        >>> camlens.ClassDetections(3, min_score=0.6)(dets)
+        tensor([0.9000])
+    """
 
     def __init__(self, label: int | Sequence[int], min_score: float = 0.0) -> None:
         self.labels = torch.as_tensor([label] if isinstance(label, int) else list(label), dtype=torch.long)
@@ -196,6 +209,11 @@ class RegionScore:
 
     pytorch-grad-cam's ``SemanticSegmentationTarget`` (its tutorial takes the mask of the pixels predicted
     as the class); the whole output when neither mask nor box is given.
+
+    Examples:
+        >>> logits = torch.ones(1, 5, 8, 8)  # a segmenter's (B, classes, H, W) output
+        >>> camlens.RegionScore(2, box=[0, 0, 4, 4])(logits)  # 16 pixels of class 2
+        tensor([16.])
     """
 
     def __init__(self, category: int | Sequence[int], mask: Any = None, box: Sequence[float] | None = None) -> None:
@@ -246,6 +264,12 @@ class Similarity:
 
     As pytorch-grad-cam's ``SimilarityToConceptTarget`` (its embeddings tutorial): retrieval and
     CLIP-style models are explained by what makes an image close to a concept's embedding.
+
+    Examples:
+        >>> camlens.Similarity(torch.tensor([1.0, 0.0]))(torch.tensor([[2.0, 0.0], [0.0, 3.0]]))
+        tensor([1., 0.])
+        >>> camlens.explain(model, x, targets=camlens.Similarity(model(x)[0].detach())).raw.shape
+        torch.Size([1, 1, 2, 2])
     """
 
     def __init__(self, reference: torch.Tensor, embedding: Any = None) -> None:

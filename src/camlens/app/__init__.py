@@ -8,7 +8,7 @@ Offline by construction: a standard-library HTTP server (:mod:`camlens.app.serve
 (``static/``, no external URL in it; the Content-Security-Policy forbids any other origin), bound to
 127.0.0.1 by default. What is computed and cached lives in :mod:`camlens.app.engine`, free of HTTP.
 
-Example:
+Examples:
     >>> from camlens.app import serve
     >>> serve({"efficientnet_lite0": "efficientnet_lite0"}, port=8765)  # doctest: +SKIP
 """

@@ -21,7 +21,7 @@ boxes, so each word's map is scored:
   box. Baselines: the image centre, the centre of the word's slot (the layout prior: digits sit in their
   slot), and a uniformly random pixel (its expected hit rate: the box's share of the canvas).
 
-Example:
+Examples:
     >>> from camlens.bench import caption
     >>> results = caption.run("out/caption", seeds=(0,), epochs=1, n_train=500, n_test=100)
 """

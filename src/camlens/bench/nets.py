@@ -6,7 +6,7 @@ class activation map ``M_c = sum_k w_k^c f_k`` exists. Here the FC net is built 
 (``features`` -> ``classifier``) and :func:`camlens.gap.convert` makes the GAP and GMP nets from it, so the
 three share every conv layer and differ only in the head.
 
-Example:
+Examples:
     >>> nets = make_nets(seed=0)
     >>> history = train(nets["gap"], make_dataset(600, seed=0), epochs=1)
     >>> bundle = model_bundle(nets["gap"], "gap", canvas=48)  # what camlens.evaluate.evaluate takes

@@ -4,7 +4,7 @@ Every cell is a statistic over the seeds of one run: the mean, and the range ``m
 than one seed. :func:`summarise` gives the numbers (mean, min, max, sample sd, the per-seed values), which
 the results JSON keeps; :func:`render_tables` writes Markdown and CSV rows from them.
 
-Example:
+Examples:
     >>> summarise([64.6, 66.8, 63.0])["mean"]
     64.8
     >>> cell(summarise([64.6, 66.8, 63.0]))

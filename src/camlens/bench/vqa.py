@@ -24,7 +24,7 @@ are shown as figures. This application measures what the paper shows qualitative
   pixel, and a uniformly random pixel (its expected hit rate: the shape's share of the image). Reported
   overall and per question type (shape, colour, yes/no).
 
-Example:
+Examples:
     >>> from camlens.bench import vqa
     >>> results = vqa.run("out/vqa", seeds=(0,), epochs=1, n_train=500, n_test=200)
     >>> results["summary"]["pointing_pred"]["all"]["mean"]

@@ -20,7 +20,7 @@ comparison on data with exact boxes, on camlens' public API:
   :func:`camlens.evaluate.evaluate` per net (every method, ``metrics="localization"``): the protocol every
   user of ``camlens evaluate`` gets. Tables with the mean and range over seeds (:mod:`camlens.bench.tables`).
 
-Example:
+Examples:
     >>> from camlens.bench import wsol_digits
     >>> results = wsol_digits.run("out/wsol", seeds=(0, 1, 2), threads=1)
     >>> print(open("out/wsol/table.md").read())
@@ -161,7 +161,7 @@ def make_dataset(
     Raises:
         ImportError: scikit-learn is not installed.
 
-    Example:
+    Examples:
         >>> data = make_dataset(100, seed=0)
         >>> data.images.shape, data.boxes[0]  # (100, 1, 48, 48), tensor([x0, y0, x1, y1])
     """

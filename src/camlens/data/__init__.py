@@ -26,7 +26,7 @@ declarations are refused (no "billion laughs").
 Every problem raises :class:`DatasetError` whose message starts with ``file:line:`` and ends with what to
 do about it.
 
-Example:
+Examples:
     >>> data = open_dataset("ILSVRC/Data/CLS-LOC/val", labels="val_labels.txt", classes="LOC_synset_mapping.txt")
     >>> loader = torch.utils.data.DataLoader(ImageDataset(data), batch_size=32, num_workers=2, collate_fn=collate)
     >>> for images, indices in loader: ...  # data[int(i)].boxes are the ground truth of images[k]

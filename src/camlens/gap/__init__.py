@@ -19,7 +19,7 @@ image folder or a dataset, with progress bars and a checkpoint that :func:`load_
 (:mod:`camlens.gap.checkpoint`) turns back into the model. ``camlens.zoo.load_model(checkpoint)`` loads one
 like any model file; this package never imports ``camlens.zoo``.
 
-Example:
+Examples:
     >>> net = camlens.gap.convert(torchvision.models.vgg16(), num_classes=20)
     >>> history = camlens.gap.finetune(net, "data/train", epochs=5, checkpoint="vgg16_gap.pt")
     >>> camlens.explain(net, x, method="cam").maps

@@ -59,7 +59,7 @@ def save_checkpoint(
 def is_checkpoint(obj: object) -> bool:
     """Whether ``obj`` (a ``torch.load``-ed object) is a camlens GAP checkpoint: a dict with its ``format``.
 
-    Example:
+    Examples:
         >>> state = torch.load("vgg16_gap.pt", weights_only=True)  # weights_only: runs no code
         >>> camlens.gap.is_checkpoint(state)  # True
     """
@@ -173,7 +173,7 @@ def load_checkpoint(
         ValueError: the file is missing, not a camlens GAP checkpoint, damaged, or needs ``trust=True``
             (refused before anything in it is unpickled).
 
-    Example:
+    Examples:
         >>> net = load_checkpoint("vgg16_gap.pt")  # saved with source="torchvision:vgg16"
         >>> net = load_checkpoint("mynet_gap.pt", trust=True)  # embeds a module: a file you made yourself
     """

@@ -249,7 +249,7 @@ def convert(
     The new conv is initialised as torchvision initialises VGG's convs (He normal, fan-out; bias 0), the
     linear layer with N(0, 0.01) weights and zero bias. The result is in eval mode.
 
-    Example:
+    Examples:
         >>> net = convert(torchvision.models.resnet18(), num_classes=10, channels=None)
         >>> net(torch.randn(1, 3, 224, 224)).shape  # (1, 10)
     """

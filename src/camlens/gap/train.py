@@ -209,7 +209,7 @@ def finetune(
         ``{"epoch": [...], "train_loss": [...], "train_acc": [...], "val_loss": [...], "val_acc": [...],
         "seconds": [...], "trainable": n_params, "checkpoint": path or None, "classes": [...]}``.
 
-    Example:
+    Examples:
         >>> history = finetune(net, "birds/train", epochs=3, train_blocks=1, checkpoint="birds.pt")
         >>> history["val_acc"][-1]
 

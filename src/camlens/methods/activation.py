@@ -57,10 +57,11 @@ class CAM(CAMMethod):
         layer: the layer feeding global pooling (``None``: found automatically).
         fc: the linear head, as a module or a (classes, channels) weight tensor, to skip the search.
 
-    Example:
-        >>> cam = camlens.CAM(model)
+    Examples:
+        >>> cam = camlens.CAM(model)  # ResNet: layer4 -> avgpool -> fc, found and verified
         >>> exp = cam(x, targets="top5")
         >>> exp.maps.shape  # (B, 5, H, W)
+        torch.Size([1, 5, 64, 64])
     """
 
     needs_class_ids: ClassVar[bool] = True
@@ -148,6 +149,11 @@ class EigenCAM(CAMMethod):
     Args:
         center: subtract the per-channel mean over positions before the SVD (pytorch-grad-cam does;
             the paper does not, hence the default ``False``).
+
+    Examples:
+        >>> exp = camlens.EigenCAM(model)(x, targets="top2")
+        >>> torch.equal(exp.raw[:, 0], exp.raw[:, 1])  # one map, whatever the target
+        True
     """
 
     def __init__(

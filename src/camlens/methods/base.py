@@ -173,6 +173,18 @@ class CAMMethod:
 
     Subclasses set the class attributes and override :meth:`weights` (or :meth:`raw_maps`); pixel
     methods set ``explains_pixels`` and override :meth:`pixels` instead.
+
+    The contract every method keeps (``tests/test_contract.py``): maps of shape (B, K, ...) with finite
+    values, no hook left on the model and its train flags, ``requires_grad`` and ``.grad`` unchanged after
+    the call, also after an exception; a batch of 2 gives what two batches of 1 give.
+
+    Examples:
+        >>> class ChannelMean(camlens.CAMMethod):  # w_k = 1 / C for every target: map = mean_k A_k
+        ...     def weights(self, ctx):  # -> (B, K, C); ctx.activation is A (B, C, h, w), ctx.scores S (B, K)
+        ...         channels = ctx.activation.shape[1]
+        ...         return ctx.activation.new_ones(*ctx.scores.shape, channels) / channels
+        >>> ChannelMean(model, layer="layer4")(x, targets=3).raw.shape
+        torch.Size([1, 1, 2, 2])
     """
 
     name: ClassVar[str] = ""

@@ -57,9 +57,10 @@ class GradCAM(_Gradient):
     gradients (the paper's counterfactual explanations: regions whose removal raises the score).
     ``Explanation.raw`` keeps the signed map, so ReLU(-raw) of a plain call is the counterfactual map.
 
-    Example:
-        >>> exp = camlens.GradCAM(model, layer="layer4")(x, targets=[281, 243])
-        >>> exp.maps.shape  # (2, 1, H, W)
+    Examples:
+        >>> exp = camlens.GradCAM(model, layer="layer4")(x, targets=[[3, 5]])  # two classes per image
+        >>> exp.maps.shape  # (B, 2, H, W)
+        torch.Size([1, 2, 64, 64])
     """
 
     def weights(self, ctx: Context) -> torch.Tensor:
@@ -80,6 +81,11 @@ class GradCAMPlusPlus(_Gradient):
 
     Half-precision activations are promoted to float32 for the weights: G^3 underflows in float16
     for |G| < 4e-3, common on real models.
+
+    Examples:
+        >>> exp = camlens.GradCAMPlusPlus(model)(x, targets="top3")
+        >>> exp.maps.shape
+        torch.Size([1, 3, 64, 64])
     """
 
     def weights(self, ctx: Context) -> torch.Tensor:
@@ -99,6 +105,11 @@ class XGradCAM(_Gradient):
     """XGrad-CAM (Fu et al., BMVC 2020): alpha_k = sum_ij (A_kij / sum_ab A_kab) dS/dA_kij.
 
     A channel whose activation sums to zero gets weight 0.
+
+    Examples:
+        >>> exp = camlens.XGradCAM(model)(x, targets=3)
+        >>> exp.maps.shape
+        torch.Size([1, 1, 64, 64])
     """
 
     def weights(self, ctx: Context) -> torch.Tensor:
@@ -114,6 +125,11 @@ class HiResCAM(_Gradient):
 
     Unlike Grad-CAM, no spatial averaging of the gradient, so the map is faithful to the
     computation when the head is GAP + linear (where it equals CAM / (hw)).
+
+    Examples:
+        >>> hires = camlens.HiResCAM(model)(x, targets=3).raw
+        >>> torch.allclose(hires * 4, camlens.CAM(model)(x, targets=3).raw, atol=1e-5)  # layer4 is 2 x 2
+        True
     """
 
     def weights(self, ctx: Context) -> torch.Tensor:
@@ -125,6 +141,11 @@ class LayerCAM(_Gradient):
     """LayerCAM (Jiang et al., IEEE TIP 2021): map = ReLU(sum_k ReLU(dS/dA_k) * A_k), element-wise.
 
     Meant for shallower layers too, where Grad-CAM's averaged weights blur.
+
+    Examples:
+        >>> exp = camlens.LayerCAM(model, layer="layer2")(x, targets=3)
+        >>> exp.raw.shape  # layer2 of a ResNet: 1/8 of the input
+        torch.Size([1, 1, 8, 8])
     """
 
     def weights(self, ctx: Context) -> torch.Tensor:

@@ -193,19 +193,37 @@ class _InputGradient(CAMMethod):
 
 @register("saliency")
 class Saliency(_InputGradient):
-    """Input-gradient saliency (Simonyan et al. 2014): dS^c/dx; map = max over channels of |dS^c/dx|."""
+    """Input-gradient saliency (Simonyan et al. 2014): dS^c/dx; map = max over channels of |dS^c/dx|.
+
+    Examples:
+        >>> exp = camlens.Saliency(model)(x, targets=3)
+        >>> torch.equal(exp.raw, exp.pixels.abs().amax(2))
+        True
+    """
 
 
 @register("guided-backprop")
 class GuidedBackprop(_InputGradient):
-    """Guided Backpropagation (Springenberg et al. 2015): R_in = 1[x > 0] * ReLU(R_out) at every ReLU."""
+    """Guided Backpropagation (Springenberg et al. 2015): R_in = 1[x > 0] * ReLU(R_out) at every ReLU.
+
+    Examples:
+        >>> exp = camlens.GuidedBackprop(model)(x, targets=3)
+        >>> exp.pixels.shape  # (B, K, C, H, W)
+        torch.Size([1, 1, 3, 64, 64])
+    """
 
     rule = "guided"
 
 
 @register("deconvnet")
 class Deconvnet(_InputGradient):
-    """Deconvnet (Zeiler & Fergus 2014): R_in = ReLU(R_out) at every ReLU, whatever the forward input."""
+    """Deconvnet (Zeiler & Fergus 2014): R_in = ReLU(R_out) at every ReLU, whatever the forward input.
+
+    Examples:
+        >>> exp = camlens.Deconvnet(model)(x, targets=3)
+        >>> exp.pixels.shape  # (B, K, C, H, W); exp.raw = max over C of |pixels|
+        torch.Size([1, 1, 3, 64, 64])
+    """
 
     rule = "deconvnet"
 
@@ -216,6 +234,11 @@ class GuidedGradCAM(CAMMethod):
 
     Built from the public methods: ``GuidedBackprop(model)(x, t).pixels * up(ReLU(GradCAM(model,
     layer)(x, t).raw))``. ``counterfactual=True`` uses both with the negated target score.
+
+    Examples:
+        >>> exp = camlens.GuidedGradCAM(model, layer="layer4")(x, targets=3)
+        >>> exp.pixels.shape  # (B, K, C, H, W)
+        torch.Size([1, 1, 3, 64, 64])
     """
 
     needs_gradients: ClassVar[bool] = True

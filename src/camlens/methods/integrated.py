@@ -170,9 +170,10 @@ class IntegratedGradients(CAMMethod):
         batch_size: path points per forward + backward (rows of all images and steps, chunked).
         progress: tqdm bar; ``None`` shows it for 256 rows (images x steps) or more.
 
-    Example:
+    Examples:
         >>> exp = camlens.explain(model, x, method="integrated-gradients", steps=64, baseline="blur")
-        >>> exp.pixels.sum((2, 3, 4))  # ~ S(x) - S(x'), per target
+        >>> exp.pixels.shape  # (B, K, C, H, W); exp.pixels.sum((2, 3, 4)) ~ S(x) - S(x'), per target
+        torch.Size([1, 1, 3, 64, 64])
     """
 
     needs_gradients: ClassVar[bool] = True
@@ -236,8 +237,10 @@ class SmoothGrad(CAMMethod):
     ``pixels`` holds the signed mean gradient (the paper's eq. 5; captum's ``NoiseTunnel(Saliency)``
     averages |gradients| unless ``abs=False``); ``raw`` is max over channels of its absolute value.
 
-    Example:
-        >>> exp = camlens.explain(model, x, method="smoothgrad", samples=50, noise=0.15, seed=1)
+    Examples:
+        >>> exp = camlens.explain(model, x, method="smoothgrad", samples=8, noise=0.15, seed=1)
+        >>> exp.pixels.shape  # the mean gradient over 8 noisy copies
+        torch.Size([1, 1, 3, 64, 64])
     """
 
     needs_gradients: ClassVar[bool] = True
@@ -295,6 +298,12 @@ class SmoothGrad(CAMMethod):
 
 @register("smoothgrad-guided")
 class SmoothGradGuided(SmoothGrad):
-    """SmoothGrad over guided backprop (Smilkov et al. 2017, sec. 4): the mean guided gradient over noise."""
+    """SmoothGrad over guided backprop (Smilkov et al. 2017, sec. 4): the mean guided gradient over noise.
+
+    Examples:
+        >>> exp = camlens.SmoothGradGuided(model, samples=8, seed=1)(x, targets=3)
+        >>> exp.pixels.shape
+        torch.Size([1, 1, 3, 64, 64])
+    """
 
     rule = "guided"

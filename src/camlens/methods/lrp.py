@@ -776,28 +776,63 @@ class _LRPMethod(CAMMethod):
 
 @register("lrp-epsilon-plus")
 class LRPEpsilonPlus(_LRPMethod):
-    """LRP, zennit's ``EpsilonPlus``: z+ at convolutions, epsilon at dense layers."""
+    """LRP, zennit's ``EpsilonPlus``: z+ at convolutions, epsilon at dense layers.
+
+    Rules from Montavon et al., "Layer-wise relevance propagation: an overview" (2019): z+ passes relevance
+    in proportion to the positive contributions x_j w_jk^+; epsilon divides by z_k + eps sign(z_k).
+
+    Examples:
+        >>> exp = camlens.LRPEpsilonPlus(model)(x, targets=3)
+        >>> exp.raw.shape  # (B, K, H, W): relevance summed over colour channels, signed
+        torch.Size([1, 1, 64, 64])
+    """
 
     composite_name = "epsilon-plus"
 
 
 @register("lrp-epsilon-plus-flat")
 class LRPEpsilonPlusFlat(_LRPMethod):
-    """LRP, zennit's ``EpsilonPlusFlat``: flat at the first layer, z+ at convolutions, epsilon at dense layers."""
+    """LRP, zennit's ``EpsilonPlusFlat``: flat at the first layer, z+ at convolutions, epsilon at dense layers.
+
+    Rules from Montavon et al. (2019); the flat first layer spreads relevance uniformly over each
+    receptive field (Lapuschkin et al. 2019), the shape Kohlbrenner et al. (2020) recommend.
+
+    Examples:
+        >>> exp = camlens.LRPEpsilonPlusFlat(model)(x, targets=3)
+        >>> exp.pixels.shape
+        torch.Size([1, 1, 3, 64, 64])
+    """
 
     composite_name = "epsilon-plus-flat"
 
 
 @register("lrp-epsilon-gamma-box")
 class LRPEpsilonGammaBox(_LRPMethod):
-    """LRP, zennit's ``EpsilonGammaBox``: z-box at the first layer, gamma at convolutions, epsilon at dense layers."""
+    """LRP, zennit's ``EpsilonGammaBox``: z-box at the first layer, gamma at convolutions, epsilon at dense layers.
+
+    Rules from Montavon et al. (2019): gamma adds gamma w^+ to the weights (gamma = 0.25); z-box (Montavon
+    et al. 2017, deep Taylor decomposition) bounds the input by the box of valid pixel values.
+
+    Examples:
+        >>> exp = camlens.LRPEpsilonGammaBox(model)(x, targets=3)
+        >>> exp.pixels.shape
+        torch.Size([1, 1, 3, 64, 64])
+    """
 
     composite_name = "epsilon-gamma-box"
 
 
 @register("lrp-epsilon-alpha2-beta1")
 class LRPEpsilonAlpha2Beta1(_LRPMethod):
-    """LRP, zennit's ``EpsilonAlpha2Beta1``: alpha=2, beta=1 at convolutions, epsilon at dense layers."""
+    """LRP, zennit's ``EpsilonAlpha2Beta1``: alpha=2, beta=1 at convolutions, epsilon at dense layers.
+
+    The alpha-beta rule (Bach et al. 2015): R_j = sum_k (alpha z_jk^+ / z_k^+ - beta z_jk^- / z_k^-) R_k.
+
+    Examples:
+        >>> exp = camlens.LRPEpsilonAlpha2Beta1(model)(x, targets=3)
+        >>> exp.pixels.shape
+        torch.Size([1, 1, 3, 64, 64])
+    """
 
     composite_name = "epsilon-alpha2-beta1"
 
@@ -811,10 +846,11 @@ class LRP(_LRPMethod):
     layers and the first layer with a rule object (:class:`Epsilon`, :class:`ZPlus`, :class:`AlphaBeta`,
     :class:`Gamma`, :class:`Flat`, :class:`WSquare`, :class:`ZBox`).
 
-    Example:
-        >>> from camlens.methods.lrp import Epsilon, LRP
-        >>> exp = LRP(model, linear=Epsilon(0.25))(x, targets=281)
-        >>> exp.pixels.sum(2)  # (B, K, H, W) relevance heatmap; sums to about the logit
+    Examples:
+        >>> from camlens.methods.lrp import Epsilon
+        >>> exp = camlens.LRP(model, linear=Epsilon(0.25))(x, targets=3)
+        >>> exp.pixels.sum(2).shape  # (B, K, H, W) relevance heatmap; sums to about the logit
+        torch.Size([1, 1, 64, 64])
     """
 
     def __init__(

@@ -46,6 +46,11 @@ class ScoreCAM(CAMMethod):
     larger batches run slower per image on a CPU, cache-bound), under ``torch.inference_mode()``, in
     channels-last layout (``channels_last=False`` keeps the input's). A callable target is applied to
     batches of masked copies of one sample and must therefore score each row independently.
+
+    Examples:
+        >>> exp = camlens.ScoreCAM(model, layer="layer4")(x, targets=3)
+        >>> exp.maps.shape
+        torch.Size([1, 1, 64, 64])
     """
 
     def __init__(
@@ -131,6 +136,11 @@ class AblationCAM(CAMMethod):
     model's output, otherwise the whole input is replicated (the slow, always-valid path). Channels
     that are already all zero are not ablated (y_c^k = y_c, w_k = 0). Note the paper's division by
     y_c: a negative target score flips the sign of every weight.
+
+    Examples:
+        >>> exp = camlens.AblationCAM(model, layer="layer4")(x, targets=3)
+        >>> exp.raw.shape  # (B, K, h, w) at the layer's resolution
+        torch.Size([1, 1, 2, 2])
     """
 
     def __init__(

@@ -156,9 +156,10 @@ class Occlusion(_InputPerturbation):
 
     Cost: B * ceil((H - h) / sh + 1) * ceil((W - w) / sw + 1) forwards (49 at 224 x 224 with the defaults).
 
-    Example:
+    Examples:
         >>> exp = camlens.explain(model, x, method="occlusion", window=32, stride=16)
-        >>> exp.raw  # (B, K, H, W): f(x) - f(occluded), averaged over the windows covering each pixel
+        >>> exp.raw.shape  # (B, K, H, W): f(x) - f(occluded), averaged over the windows covering each pixel
+        torch.Size([1, 1, 64, 64])
     """
 
     def __init__(
@@ -246,8 +247,10 @@ class RISE(_InputPerturbation):
 
     Cost: B * N forwards (4000 per image with the paper's defaults).
 
-    Example:
-        >>> exp = camlens.explain(model, x, method="rise", n_masks=2000, seed=1)
+    Examples:
+        >>> exp = camlens.explain(model, x, method="rise", n_masks=64, seed=1)
+        >>> exp.raw.shape  # (B, K, H, W); the paper uses N = 4000 to 8000 masks
+        torch.Size([1, 1, 64, 64])
     """
 
     def __init__(
@@ -388,9 +391,10 @@ class LIME(_InputPerturbation):
         precision: ``"float32"`` (exact) or ``"bfloat16"`` / ``"float16"``: the perturbed forwards under
             autocast, 2-3x faster on CPUs with AMX (docs/benchmarks.md); maps at r >= 0.995.
 
-    Example:
-        >>> exp = camlens.explain(model, x, method="lime", n_samples=500, segmentation="slic")
-        >>> exp.raw  # (B, K, H, W): each pixel holds its superpixel's coefficient
+    Examples:
+        >>> exp = camlens.explain(model, x, method="lime", n_samples=64, segmentation="slic")
+        >>> exp.raw.shape  # (B, K, H, W): each pixel holds its superpixel's coefficient
+        torch.Size([1, 1, 64, 64])
     """
 
     def __init__(

@@ -323,7 +323,7 @@ def deletion_curve(
     Returns:
         :class:`Curve` with fractions (S+1,), scores (B, S+1), auc (B,).
 
-    Example:
+    Examples:
         >>> exp = camlens.explain(model, x, "gradcam")
         >>> curve = deletion_curve(model, x, exp.maps[:, 0], exp.targets[:, 0])
         >>> curve.auc.mean()
@@ -358,7 +358,7 @@ def insertion_curve(
 
     Args and returns: as :func:`deletion_curve`.
 
-    Example:
+    Examples:
         >>> curve = insertion_curve(model, x, exp.maps[:, 0], exp.targets[:, 0], steps=56)
     """
     return _causal_curve(model, inputs, saliency, targets, steps, substrate, batch_size, score, progress, True)
@@ -405,7 +405,7 @@ def average_drop_increase(
     Returns:
         ``(drop, increase)``: (B,) drop in percent and (B,) increase as 0.0/1.0.
 
-    Example:
+    Examples:
         >>> drop, inc = average_drop_increase(model, x, exp.maps[:, 0], exp.targets[:, 0])
         >>> aggregate_drop_increase(drop, inc)  # {'average_drop': ..., 'increase_in_confidence': ...}
     """
@@ -578,7 +578,7 @@ def road(
         :class:`Curve` with fractions = percentages (P,), scores (B, P), auc (trapezoid over the
         percentages), ``mean`` (B,) and base (B,) = score of the unperturbed image.
 
-    Example:
+    Examples:
         >>> morf = road(model, x, exp.maps[:, 0], exp.targets[:, 0], order="morf")
         >>> lerf = road(model, x, exp.maps[:, 0], exp.targets[:, 0], order="lerf")
         >>> (lerf.mean - morf.mean) / 2  # pytorch-grad-cam's ROADCombined, on scores
@@ -674,7 +674,7 @@ def pointing_game(
     Returns:
         (B,) bool, True for a hit. Per-class accuracy and its mean: :func:`pointing_accuracy`.
 
-    Example:
+    Examples:
         >>> hits = pointing_game(exp.maps[:, 0], [np.array([[40, 30, 120, 200]])])
     """
     if ties not in ("first", "all", "any"):

@@ -38,7 +38,7 @@ the definition most WSOL numbers are computed with:
 * Maps are resized with ``cv2.INTER_CUBIC`` to 224 x 224 there; here the caller passes maps at the
   original image size (:func:`camlens.geometry.resize_map`, bilinear).
 
-Example:
+Examples:
     >>> meter = LocalizationMeter()
     >>> for cam, boxes, label, top5 in samples:  # cam: the label's map at the image's size
     ...     meter.add(cam, boxes, label, top5)
@@ -192,7 +192,7 @@ def boxes_at_thresholds(cam: Any, thresholds: Any, mode: str = "all") -> list[np
         A list of T float64 arrays (n_t, 4) of END-EXCLUSIVE boxes [x0, y0, x1, y1) in the map's pixels;
         (0, 4) where nothing is above the threshold.
 
-    Example:
+    Examples:
         >>> boxes_at_thresholds(cam, np.arange(100) / 100)[20]  # the boxes at 20% of the range
     """
     m = _minmax(_as_map(cam))
@@ -276,7 +276,7 @@ class LocalizationMeter:
             ``box`` (that box as an int tuple in image pixels, or None), ``cls_correct`` (top-1),
             ``loc_correct`` (top-1 localisation), ``gt_known`` (IoU >= 0.5). Use it to pick examples.
 
-    Example:
+    Examples:
         >>> meter = LocalizationMeter()
         >>> meter.add(cam, [[10, 20, 110, 90]], label=3, topk_pred=[3, 7, 1, 0, 2])
         >>> meter.compute()["top1_loc_err"]

@@ -59,7 +59,7 @@ random number generator state is restored after each re-initialisation.
 The check returns numbers (:class:`SanityResult`); its figure (:meth:`SanityResult.plot`,
 :func:`plot_results`) is drawn by :func:`camlens.viz.plot_sanity`.
 
-Example:
+Examples:
     >>> from camlens.metrics.sanity import sanity_check
     >>> result = sanity_check(model, x, method="gradcam")
     >>> result.passed(), result.summary()["spearman"]
@@ -646,7 +646,7 @@ def sanity_check(
     Returns:
         a :class:`SanityResult`.
 
-    Example:
+    Examples:
         >>> result = sanity_check(model, x, "guided-backprop", mode="cascading")
         >>> result.changes_at(), result.passed()
     """

@@ -8,7 +8,7 @@ pair of map batches:
 * :func:`ssim`: the mean structural similarity index of Wang, Bovik, Sheikh & Simoncelli (IEEE TIP 2004,
   eq. 13) with their 11 x 11 Gaussian window of standard deviation 1.5 (``scipy.signal.windows.gaussian``).
 
-Example:
+Examples:
     >>> from camlens.metrics.similarity import spearman, ssim
     >>> spearman(torch.tensor([1.0, 2, 3]), torch.tensor([3.0, 2, 1]))  # tensor(-1., dtype=torch.float64)
     >>> ssim(exp.maps, other.maps)  # (B, K) float64
@@ -53,8 +53,9 @@ def spearman(a: torch.Tensor, b: torch.Tensor, map_dims: int = 2) -> torch.Tenso
     in float64.
 
     Args:
-        a, b: maps of the same shape (..., H, W); the last ``map_dims`` dims form one map (use
-            ``map_dims=1`` for batches of vectors; a 1-D input is one vector).
+        a: maps of shape (..., H, W); the last ``map_dims`` dims form one map (use ``map_dims=1`` for
+            batches of vectors; a 1-D input is one vector).
+        b: maps of the same shape as ``a``.
         map_dims: how many trailing dims make up one map.
 
     Returns:
@@ -63,7 +64,7 @@ def spearman(a: torch.Tensor, b: torch.Tensor, map_dims: int = 2) -> torch.Tenso
         meaningful: two constant maps give 1 (identical rankings: nothing changed), one constant map
         against a varying one gives 0 (no association). A map with NaN or inf gives NaN.
 
-    Example:
+    Examples:
         >>> spearman(torch.tensor([1.0, 2, 3]), torch.tensor([3.0, 2, 1]))  # tensor(-1.)
     """
     x, y, lead = _flatten_maps(a, b, map_dims)
@@ -119,15 +120,20 @@ def ssim(
     another pair, skimage's filter width and its crop differ, and so would the numbers.
 
     Args:
-        a, b: maps of the same shape (..., H, W), scaled to [0, ``data_range``] (camlens' ``.maps``
-            are in [0, 1]); H and W must be at least ``win_size``.
-        data_range, win_size, sigma, k1, k2: as above; ``win_size`` odd.
+        a: maps of shape (..., H, W), scaled to [0, ``data_range``] (camlens' ``.maps`` are in [0, 1]);
+            H and W must be at least ``win_size``.
+        b: maps of the same shape as ``a``, on the same scale.
+        data_range: L, as above.
+        win_size: side of the Gaussian window, odd (11).
+        sigma: its standard deviation (1.5).
+        k1: as above (0.01).
+        k2: as above (0.03).
 
     Returns:
         float64 tensor of the leading shape (...). Identical maps give 1. Two constant maps give
         (2 c_a c_b + C1) / (c_a^2 + c_b^2 + C1): the luminance term only.
 
-    Example:
+    Examples:
         >>> ssim(exp.maps, exp.maps)  # ones of shape (B, K)
     """
     x, y, lead = _flatten_maps(a, b, 2)

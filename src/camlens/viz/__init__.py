@@ -6,7 +6,7 @@
 
 Colormaps and figures come from matplotlib (the ``viz`` extra), imported only when a picture is drawn.
 
-Example:
+Examples:
     >>> from camlens import viz
     >>> viz.draw_box(viz.overlay(photo, cam), box, "tabby cat").save("cat.png")
 """

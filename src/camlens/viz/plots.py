@@ -5,7 +5,7 @@ Metrics return numbers; the pictures of them are drawn here. Figures are built o
 backend) and written as PNG by the Agg renderer; matplotlib (the ``viz`` extra) is imported inside each
 function, so ``import camlens.viz`` does not need it.
 
-Example:
+Examples:
     >>> from camlens.viz import plot_sanity
     >>> plot_sanity([sanity_check(model, x, "gradcam")], "sanity.png")
 """
