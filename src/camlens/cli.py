@@ -639,7 +639,7 @@ def _write_image(
 
     from camlens import geometry as camlens_geometry
     from camlens import viz
-    from camlens._paths import inside
+    from camlens._paths import inside, safe_name
 
     out, args, bundle = run.out, run.args, run.bundle
     folder = inside(out, name)
@@ -691,7 +691,7 @@ def _write_image(
         shown = f"p {probability:.2f}" if probability is not None else f"logit {logit:.2f}"
         if task is not None:
             shown = f"score {task['score']:.2f}" if "score" in task else f"region logits {logit:.3g}"
-            stem = f"{name}/{name}_{exp.method}_{k}_{_paths_safe(label)}"
+            stem = f"{name}/{name}_{exp.method}_{k}_{safe_name(label, 'target')[:40]}"
         drawn = box if task is None or task["box"] is None else task["box"]
         picture = viz.draw_box(viz.overlay(image, cam), drawn, f"{label} {shown} ({exp.method})", copy=False)
         files = {"overlay": f"{stem}.png", "map": f"{stem}.npy"}
@@ -759,11 +759,6 @@ def _join_torchrun(device: Any) -> tuple[Any, int]:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return device, dist.get_rank()
-
-
-def _paths_safe(label: str) -> str:
-    """A class name as part of a file name: letters, digits and '-' only."""
-    return "".join(c if c.isalnum() else "-" for c in label).strip("-")[:40] or "target"
 
 
 def _parse_region(text: str | None) -> list[float] | None:

@@ -38,11 +38,12 @@ from camlens.data.loader import Skipped
 from camlens.methods.base import _nonfinite_named_by_caller
 from camlens.zoo import MAX_PIXELS
 
-__all__ = ["METRICS", "Evaluation", "demo_dataset", "evaluate"]
+__all__ = ["DEMO_PHOTOS", "METRICS", "Evaluation", "demo_dataset", "evaluate"]
 
-# A built-in localisation set: scikit-image's photos, boxed by hand (end-exclusive original pixels) and
-# labelled with the closest ImageNet class (ImageNet has no "motorcycle" or "rocket": moped, missile).
-_DEMO = (
+# The built-in photos: scikit-image's, boxed by hand (end-exclusive original pixels) and labelled with the
+# closest ImageNet class (ImageNet has no "motorcycle" or "rocket": moped, missile). Rows (stem,
+# skimage.data name, ImageNet class id, box): read by demo_dataset and by the app's built-in photo menu.
+DEMO_PHOTOS: tuple[tuple[str, str, int, tuple[int, int, int, int]], ...] = (
     ("chelsea", "chelsea", 285, (0, 0, 400, 300)),  # Egyptian cat: the whole head
     ("coffee", "coffee", 967, (172, 18, 410, 305)),  # espresso: the cup
     ("rocket", "rocket", 657, (305, 126, 338, 408)),  # missile: the rocket on its pad
@@ -228,7 +229,7 @@ def demo_dataset(folder: str | Path) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     lines = ["path,class,x0,y0,x1,y1"]
-    for stem, name, label, box in _DEMO:
+    for stem, name, label, box in DEMO_PHOTOS:
         pixels = getattr(photos, name)()
         Image.fromarray(pixels[0] if isinstance(pixels, tuple) else pixels).save(folder / f"{stem}.png")
         lines.append(f"{stem}.png,{label}," + ",".join(map(str, box)))

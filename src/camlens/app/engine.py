@@ -219,9 +219,9 @@ class Workspace:
 
     def add_demo(self, stem: str) -> tuple[str, Photo]:
         """One of the built-in photos (scikit-image's, as ``camlens evaluate --demo`` uses them)."""
-        from camlens.evaluate import _DEMO
+        from camlens.evaluate import DEMO_PHOTOS
 
-        names = {s: n for s, n, _, _ in _DEMO}
+        names = {s: n for s, n, _, _ in DEMO_PHOTOS}
         if stem not in names:
             raise RequestError(f"unknown demo photo {stem!r}; choose from {', '.join(names)}")
         try:
@@ -239,9 +239,9 @@ class Workspace:
 
     @staticmethod
     def demo_names() -> list[str]:
-        from camlens.evaluate import _DEMO
+        from camlens.evaluate import DEMO_PHOTOS
 
-        return [stem for stem, *_ in _DEMO]
+        return [stem for stem, *_ in DEMO_PHOTOS]
 
     def photo(self, photo_id: str) -> Photo:
         found = self._photos.get(photo_id)
