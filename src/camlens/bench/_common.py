@@ -172,3 +172,45 @@ def summary(per_seed: dict[str, Any], skip: Sequence[str] = ()) -> Any:
         return first
 
     return merge(records)
+
+
+def check_seeds(seeds: Sequence[int]) -> list[int]:
+    """The seeds as ints: distinct and at least one, else a ValueError."""
+    chosen = [int(s) for s in seeds]
+    if not chosen or len(set(chosen)) != len(chosen):
+        raise ValueError(f"seeds must be distinct and at least one, got {chosen}")
+    return chosen
+
+
+def spread_label(seeds: Sequence[int]) -> str:
+    """How a table's numbers spread: ``mean (min-max) over seeds 0, 1, 2`` or ``seed 0``."""
+    return f"mean (min-max) over seeds {', '.join(map(str, seeds))}" if len(seeds) > 1 else f"seed {seeds[0]}"
+
+
+def finish(
+    out: Path,
+    benchmark: str,
+    command: list[str],
+    config: dict[str, Any],
+    used: int,
+    wall0: float,
+    per_seed: dict[str, Any],
+    table: Any,
+) -> dict[str, Any]:
+    """A bench's results record (command, argv, configuration, environment, wall time, statistics over seeds,
+    per-seed numbers), written as ``results.json`` with ``table(results)`` as ``table.md`` inside ``out``."""
+    import sys
+
+    results = {
+        "benchmark": benchmark,
+        "command": command,
+        "argv": list(sys.argv),
+        "config": config,
+        "environment": environment(used),
+        "timing": {"total_wall_s": time.perf_counter() - wall0},
+        "summary": summary(per_seed, skip=("history", "timing")),
+        "seeds": per_seed,
+    }
+    write_json(out, "results.json", results)
+    inside(out, "table.md").write_text(table(results))
+    return results

@@ -28,7 +28,6 @@ Examples:
 
 from __future__ import annotations
 
-import sys
 import time
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
@@ -388,9 +387,7 @@ def run(
     Raises:
         ImportError: scikit-learn is not installed.
     """
-    seeds = [int(s) for s in seeds]
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise ValueError(f"seeds must be distinct and at least one, got {seeds}")
+    seeds = _common.check_seeds(seeds)
     for name, value in (("n_train", n_train), ("n_test", n_test), ("epochs", epochs)):
         if value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
@@ -418,19 +415,7 @@ def run(
             per_seed[str(seed)] = record
             if pictures and seed == seeds[0]:
                 _picture(model, test, inside(out, "caption_examples.png"))
-        results = {
-            "benchmark": "caption",
-            "command": _command(config, out),
-            "argv": list(sys.argv),
-            "config": config,
-            "environment": _common.environment(used),
-            "timing": {"total_wall_s": time.perf_counter() - wall0},
-            "summary": _common.summary(per_seed, skip=("history", "timing")),
-            "seeds": per_seed,
-        }
-        _common.write_json(out, "results.json", results)
-        inside(out, "table.md").write_text(table(results))
-    return results
+        return _common.finish(out, "caption", _command(config, out), config, used, wall0, per_seed, table)
 
 
 def table(results: dict[str, Any]) -> str:
@@ -438,7 +423,7 @@ def table(results: dict[str, Any]) -> str:
     summ = results["summary"]
     config = results["config"]
     seeds = config["seeds"]
-    spread = f"mean (min-max) over seeds {', '.join(map(str, seeds))}" if len(seeds) > 1 else f"seed {seeds[0]}"
+    spread = _common.spread_label(seeds)
     groups = ["all", *(f"word {p + 1}" for p in range(MAX_DIGITS))]
     names = {
         "hit": "Grad-CAM: maximum in the word's digit box",

@@ -32,7 +32,6 @@ Examples:
 
 from __future__ import annotations
 
-import sys
 import time
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
@@ -413,9 +412,7 @@ def run(
     Raises:
         ImportError: easy-vqa is not installed.
     """
-    seeds = [int(s) for s in seeds]
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise ValueError(f"seeds must be distinct and at least one, got {seeds}")
+    seeds = _common.check_seeds(seeds)
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     out = Path(out_dir)
@@ -446,19 +443,7 @@ def run(
             per_seed[str(seed)] = record
             if pictures and seed == seeds[0]:
                 _picture(model, test, predicted, inside(out, "vqa_examples.png"))
-        results = {
-            "benchmark": "vqa",
-            "command": _command(config, out),
-            "argv": list(sys.argv),
-            "config": config,
-            "environment": _common.environment(used),
-            "timing": {"total_wall_s": time.perf_counter() - wall0},
-            "summary": _common.summary(per_seed, skip=("history", "timing")),
-            "seeds": per_seed,
-        }
-        _common.write_json(out, "results.json", results)
-        inside(out, "table.md").write_text(table(results))
-    return results
+        return _common.finish(out, "vqa", _command(config, out), config, used, wall0, per_seed, table)
 
 
 def table(results: dict[str, Any]) -> str:
@@ -466,7 +451,7 @@ def table(results: dict[str, Any]) -> str:
     summ = results["summary"]
     config = results["config"]
     seeds = config["seeds"]
-    spread = f"mean (min-max) over seeds {', '.join(map(str, seeds))}" if len(seeds) > 1 else f"seed {seeds[0]}"
+    spread = _common.spread_label(seeds)
     groups = ["all", *KINDS]
     lines = [
         f"easy-VQA test set ({config['test_questions']} questions on {config['n_test']} images), %, {spread}. "
