@@ -159,6 +159,16 @@ def test_cancel_stops_between_chunks_and_the_model_is_handed_back() -> None:
     assert all(p.grad is None for p in model.parameters())
 
 
+def test_long_methods_report_to_the_page_not_to_the_server_terminal(capfd: pytest.CaptureFixture[str]) -> None:
+    ws = Workspace({"tiny": _bundle()})
+    photo_id, _ = ws.add_upload(_png_bytes(), "p.png")
+    seen: list[tuple[int, int, str]] = []
+    with observe(lambda done, total, desc: seen.append((done, total, desc))):
+        ws.explain({"photo": photo_id, "model": "tiny", "methods": ["rise"]})  # 4000 masks: tqdm's bar would show
+    assert seen and seen[-1][0] == seen[-1][1] == 4000  # the page's progress: every row reported
+    assert "row/s" not in capfd.readouterr().err  # no tqdm bar on the server's terminal
+
+
 # ------------------------------------------------------------------------------------------------ HTTP
 
 

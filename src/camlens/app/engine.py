@@ -20,6 +20,7 @@ Every picture goes through the one geometry path (``Geometry.to_original`` -> ``
 
 from __future__ import annotations
 
+import inspect
 import io
 import math
 import tempfile
@@ -283,8 +284,10 @@ class Workspace:
         key = (model, cls.name, layer)
         found = self._methods.get(key)
         if found is None:
+            # the page shows progress through _perturb.observe; tqdm bars would only clutter the server's terminal
+            quiet = {"progress": False} if "progress" in inspect.signature(cls.__init__).parameters else {}
             try:
-                found = cls(self.bundle(model).model, layer)
+                found = cls(self.bundle(model).model, layer, **quiet)
             except (ValueError, TypeError) as err:
                 raise RequestError(str(err)) from err
             self._methods.put(key, found)
