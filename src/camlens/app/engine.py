@@ -285,7 +285,9 @@ class Workspace:
         found = self._methods.get(key)
         if found is None:
             # the page shows progress through _perturb.observe; tqdm bars would only clutter the server's terminal
-            quiet = {"progress": False} if "progress" in inspect.signature(cls.__init__).parameters else {}
+            quiet: dict[str, Any] = (
+                {"progress": False} if "progress" in inspect.signature(cls.__init__).parameters else {}
+            )
             try:
                 found = cls(self.bundle(model).model, layer, **quiet)
             except (ValueError, TypeError) as err:
