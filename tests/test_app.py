@@ -419,6 +419,13 @@ def test_page_upload_select_images_load_and_bad_uploads(browser_page: tuple[Any,
     page.select_option("#demo", "coffee")
     assert _settled(page) == "done" and page.inner_text("#message") == ""
     assert page.inner_text("#photo-name").startswith("coffee")
+    # class-name completion after the first name: the suggestions keep what is typed before the ";"
+    page.fill("#classes", "tabby; egyptian")
+    offered = page.eval_on_selector_all("#class-names option", "os => os.map(o => o.value)")
+    assert offered == ["tabby; Egyptian cat"]
+    page.fill("#classes", "Egyptian")
+    offered = page.eval_on_selector_all("#class-names option", "os => os.map(o => o.value)")
+    assert offered == ["Egyptian cat"]
 
 
 # ------------------------------------------------------------------------------------------------ command line

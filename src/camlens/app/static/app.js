@@ -52,9 +52,25 @@ async function loadModel() {
     const kind = row.kind === "grid" ? "" : ` ${row.kind}`;
     option(layer, row.default ? "" : row.name, `${row.name}  ${row.grid.join("x")}${kind}${mark}`, row.default);
   }
+  state.classNames = info.classes || [];
+  completeClasses();
+}
+
+// The class box takes several names separated by ";": the suggestions complete the last one, each offered
+// with the names already typed in front of it (a datalist matches the whole field).
+function completeClasses() {
+  const field = $("classes").value;
+  const cut = field.lastIndexOf(";");
+  const head = cut < 0 ? "" : field.slice(0, cut + 1) + " ";
+  const part = field.slice(cut + 1).trim().toLowerCase();
   const names = $("class-names");
   names.textContent = "";
-  for (const name of info.classes || []) option(names, name, name);
+  let shown = 0;
+  for (const name of state.classNames || []) {
+    if (part && !name.toLowerCase().includes(part)) continue;
+    option(names, head + name, name);
+    if (++shown >= 200) break;
+  }
 }
 
 function photoShown(doc) {
@@ -246,6 +262,7 @@ document.addEventListener("DOMContentLoaded", () => {
     try { await loadModel(); schedule(); } catch (err) { message(err.message); setState("error"); }
   });
   for (const id of ["layer", "topk", "classes", "curves", "steps"]) $(id).addEventListener("change", schedule);
+  $("classes").addEventListener("input", completeClasses);
   $("threshold").addEventListener("input", () => { $("threshold-value").textContent = parseFloat($("threshold").value).toFixed(2); });
   $("threshold").addEventListener("change", schedule);
   $("run").addEventListener("click", run);
