@@ -611,13 +611,6 @@ class _Run:
         tmp.replace(self.out / _MANIFEST)
 
 
-def _finite(value: float) -> float | None:
-    """A JSON number, or null for NaN/inf (strict JSON readers reject NaN)."""
-    import math
-
-    return round(value, 6) if math.isfinite(value) else None
-
-
 def _write_image(
     run: _Run,
     name: str,
@@ -639,6 +632,7 @@ def _write_image(
 
     from camlens import geometry as camlens_geometry
     from camlens import viz
+    from camlens._json import number as json_number
     from camlens._paths import inside, safe_name
 
     out, args, bundle = run.out, run.args, run.bundle
@@ -669,8 +663,8 @@ def _write_image(
             {
                 "class_id": int(c),
                 "label": bundle.label(int(c)),
-                "logit": _finite(float(logits[i, c])),
-                "probability": _finite(float(p)),
+                "logit": json_number(float(logits[i, c])),
+                "probability": json_number(float(p)),
             }
             for p, c in zip(top.values, top.indices)
         ]
@@ -706,8 +700,8 @@ def _write_image(
             {
                 "class_id": class_id,
                 "label": label,
-                "logit": _finite(logit),
-                "probability": None if probability is None else _finite(probability),
+                "logit": json_number(logit),
+                "probability": None if probability is None else json_number(probability),
                 "method": exp.method,
                 "layer": exp.layer,
                 "box": box,

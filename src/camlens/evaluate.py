@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from camlens._json import strict
 from camlens._paths import NameBook, inside, safe_name
 from camlens.data.loader import Skipped
 from camlens.methods.base import _nonfinite_named_by_caller
@@ -173,23 +174,8 @@ class Evaluation:
             "seconds": self.seconds,
         }
         # strict JSON (no NaN / Infinity tokens, which strict readers reject): a non-finite number is null
-        paths["json"].write_text(json.dumps(_strict(doc), indent=1, allow_nan=False))
+        paths["json"].write_text(json.dumps(strict(doc), indent=1, allow_nan=False))
         return {k: str(v) for k, v in paths.items()}
-
-
-def _strict(value: Any) -> Any:
-    """``value`` with numpy scalars and arrays as Python numbers and lists, and NaN / inf as None."""
-    if isinstance(value, dict):
-        return {str(k): _strict(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return [_strict(v) for v in value]
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    return value
 
 
 def _fmt(v: Any, percent: bool = False) -> str:

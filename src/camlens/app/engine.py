@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import inspect
 import io
-import math
 import tempfile
 import threading
 import time
@@ -34,6 +33,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from camlens._json import number as json_number
 
 __all__ = ["ACCEPTED_FORMATS", "Limits", "RequestError", "Workspace"]
 
@@ -114,10 +115,6 @@ def _png(image: Any, limit: int) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def _finite(value: float) -> float | None:
-    return round(value, 6) if math.isfinite(value) else None
 
 
 class Workspace:
@@ -347,8 +344,8 @@ class Workspace:
                     {
                         "class_id": int(c),
                         "label": bundle.label(int(c)),
-                        "logit": _finite(float(logits[c])),
-                        "probability": _finite(float(p)),
+                        "logit": json_number(float(logits[c])),
+                        "probability": json_number(float(p)),
                     }
                     for p, c in zip(*probabilities.topk(min(5, probabilities.numel())))
                 ],
@@ -382,7 +379,7 @@ class Workspace:
                 check()
                 stem = f"{exp.method}_{class_id}"
                 label = bundle.label(class_id)
-                probability = None if probabilities is None else _finite(float(probabilities[class_id]))
+                probability = None if probabilities is None else json_number(float(probabilities[class_id]))
                 # the one path (camlens.geometry): ReLU, bilinear to the photo, / max; box at threshold x max
                 cam_t = prepared.geometry.to_original(exp.raw[0, k])
                 box = camlens_geometry.box(cam_t, request["threshold"])
@@ -405,10 +402,10 @@ class Workspace:
                 target: dict[str, Any] = {
                     "class_id": class_id,
                     "label": label,
-                    "logit": _finite(float(exp.scores[0, k])),
+                    "logit": json_number(float(exp.scores[0, k])),
                     "probability": probability,
                     "box": box,
-                    "raw_range": [_finite(float(raw.min())), _finite(float(raw.max()))],
+                    "raw_range": [json_number(float(raw.min())), json_number(float(raw.max()))],
                     "files": files,
                 }
                 if request["curves"]:
@@ -428,8 +425,8 @@ class Workspace:
             curve = curve_of(bundle.model, prepared.x, exp.maps[:, k], target, steps=steps)
             out[name] = {
                 "fractions": [round(float(f), 6) for f in curve.fractions],
-                "scores": [_finite(float(s)) for s in curve.scores[0]],
-                "auc": _finite(float(curve.auc[0])),
+                "scores": [json_number(float(s)) for s in curve.scores[0]],
+                "auc": json_number(float(curve.auc[0])),
             }
         return out
 
