@@ -134,7 +134,6 @@ def perturbed_scores(
     desc: str,
     progress: bool | None = None,
     precision: str = "float32",
-    device: torch.device | str | None = None,
 ) -> torch.Tensor:
     """Scores (N, K) of N perturbed rows, ``batch_size`` rows per forward, under ``torch.inference_mode()``.
 
@@ -148,10 +147,10 @@ def perturbed_scores(
         desc: label of the progress bar.
         progress: tqdm bar with ETA; ``None`` shows it only for 256 rows or more.
         precision: ``"float32"`` runs the model as it is (exact); ``"bfloat16"`` / ``"float16"`` run each
-            forward under ``torch.autocast`` in that precision (2-3x faster on CPUs with AMX;
+            forward under ``torch.autocast`` in that precision, on ``owners``' device (build ``owners``
+            where the model runs; 2-3x faster on CPUs with AMX;
             scores then differ from float32's by ~1e-3, docs/benchmarks.md) and
             cast the output back to float32 before scoring.
-        device: where the model runs, for autocast (default: ``owners``' device).
 
     Returns:
         The chunks' scores concatenated in row order, in the scorer's dtype and device (an empty (0,)
@@ -166,7 +165,7 @@ def perturbed_scores(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     dtype = PRECISIONS[check_precision(precision)]
-    device_type = torch.device(device if device is not None else owners.device).type
+    device_type = owners.device.type  # autocast where the model runs: callers build owners on its device
     total = int(owners.shape[0])
     disable = total < 256 if progress is None else not progress
     parts = []

@@ -102,7 +102,6 @@ class ScoreCAM(CAMMethod):
             desc="Score-CAM",
             progress=self.progress,
             precision=self.precision,
-            device=x.device,
         )
         # the baseline, the all-zero input, of every sample in one forward
         base = perturbed_scores(
@@ -113,7 +112,6 @@ class ScoreCAM(CAMMethod):
             desc="Score-CAM baseline",
             progress=False,
             precision=self.precision,
-            device=x.device,
         )  # (B, K)
         k = base.shape[1]
         scores = base[:, :, None].expand(b, k, c).clone()

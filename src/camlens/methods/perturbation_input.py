@@ -117,7 +117,6 @@ class _InputPerturbation(CAMMethod):
             desc=self.name,
             progress=self.progress,
             precision=self.precision,
-            device=owners.device,
         )
 
 
